@@ -1,0 +1,55 @@
+"""privmob — privacy-preserving mobility analytics for epidemic control.
+
+Raw movement records of key groups go in; a person-level differentially private table of
+distinct-person counts per H3 cell and time window comes out, with a manifest that says
+how it was made. See README.md for the privacy model.
+
+>>> import privmob as pm
+>>> cfg = pm.JobConfig.from_dict({"job": {"operator": "a", "period": "2026-11-26"}})
+>>> print(pm.plan(cfg).explain().splitlines()[0])  # doctest: +ELLIPSIS
+privmob ... release plan for 'dataframe', period 2026-11-26 (Asia/Shanghai)
+"""
+
+from privmob._version import __version__
+from privmob.accountant import PrivacyCost
+from privmob.config import GridConfig, JobConfig, JobSection, PrivacyConfig, ScopeConfig
+from privmob.errors import (
+    BackendUnavailableError,
+    BoundaryError,
+    BudgetExceededError,
+    ConfigError,
+    InputError,
+    KeyFileError,
+    PrivmobError,
+    ReleaseExistsError,
+    ReleaseWriteError,
+    SchemaError,
+)
+from privmob.ingest import Pings, read_pings
+from privmob.plan import Plan, plan
+from privmob.release import ReleasedTable
+
+__all__ = [
+    "BackendUnavailableError",
+    "BoundaryError",
+    "BudgetExceededError",
+    "ConfigError",
+    "GridConfig",
+    "InputError",
+    "JobConfig",
+    "JobSection",
+    "KeyFileError",
+    "Pings",
+    "Plan",
+    "PrivacyConfig",
+    "PrivacyCost",
+    "PrivmobError",
+    "ReleaseExistsError",
+    "ReleaseWriteError",
+    "ReleasedTable",
+    "SchemaError",
+    "ScopeConfig",
+    "__version__",
+    "plan",
+    "read_pings",
+]

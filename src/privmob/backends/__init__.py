@@ -1,0 +1,58 @@
+"""Engines that compute the exact, bounded aggregate.
+
+Everything up to the exact aggregate runs on a backend (Polars by default, Spark for data
+that outgrows one machine); everything after it — noise, suppression, release — runs
+once, backend-neutral, on the small aggregated table. The seam is deliberately narrow.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+from privmob.errors import ConfigError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+    import polars as pl
+
+    from privmob.aggregate import ExactCounts
+    from privmob.config import JobConfig
+    from privmob.pseudonymise import Pseudonymiser
+
+__all__ = ["Backend", "get_backend"]
+
+
+class Backend(Protocol):
+    """What an engine must do for the release path."""
+
+    name: str
+
+    def columns(self, source: Any) -> list[str]:
+        """Column names of the source, reading only its schema."""
+        ...
+
+    def exact_cells(
+        self,
+        source: Any,
+        config: JobConfig,
+        pseudonymiser: Pseudonymiser,
+        key_cells: npt.NDArray[np.uint64] | None,
+    ) -> ExactCounts:
+        """Ingest → scope → pseudonymise → index → bound → aggregate, in one pass."""
+        ...
+
+    def bad_rows(
+        self, source: Any, config: JobConfig, pseudonymiser: Pseudonymiser, limit: int | None
+    ) -> pl.DataFrame:
+        """Bad rows with row number, reason and pseudonymised id (never the raw id)."""
+        ...
+
+
+def get_backend(name: str) -> Backend:
+    """The backend called ``name``; optional engines are imported only when asked for."""
+    if name == "polars":
+        from privmob.backends._polars import PolarsBackend
+
+        return PolarsBackend()
+    raise ConfigError(f"unknown backend {name!r}; this build has 'polars'")

@@ -1,0 +1,101 @@
+"""Stage 5 — bound: cap each person's contribution so sensitivity is known.
+
+Each person keeps at most ``max_cells_per_window`` cells in a window and at most
+``max_windows`` windows. Which ones is a per-person rule, so any choice keeps the
+guarantee; we keep what serves the analyst: the cells and windows where the person spent
+the most minutes (dwell), ties broken by a keyed value (the pseudonym XOR the cell or
+window id) — never input row order, which would make results depend on file layout.
+
+Dwell is counted in distinct minutes, so a logger that fixes every second does not
+outweigh one that fixes every minute.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import polars as pl
+
+__all__ = ["BoundingStats", "bound", "dwell"]
+
+
+def dwell(minutes: pl.LazyFrame) -> pl.LazyFrame:
+    """Distinct minutes per (pid, window, cell), from a frame of distinct minute rows."""
+    return minutes.group_by("pid", "window", "cell").agg(pl.len().cast(pl.Int64).alias("minutes"))
+
+
+@dataclass(frozen=True)
+class BoundingStats:
+    """What bounding removed, for explain() and the manifest (aggregate numbers only)."""
+
+    person_cell_windows: int
+    person_cell_windows_kept: int
+    dwell_minutes: int
+    dwell_minutes_kept: int
+
+    @property
+    def dropped_share(self) -> float:
+        total = self.person_cell_windows
+        return 0.0 if total == 0 else 1 - self.person_cell_windows_kept / total
+
+    @property
+    def dwell_kept_share(self) -> float:
+        return 1.0 if self.dwell_minutes == 0 else self.dwell_minutes_kept / self.dwell_minutes
+
+    def as_dict(self) -> dict[str, float | int | str]:
+        return {
+            "rule": "most dwell minutes first; ties by keyed pseudonym XOR id",
+            "person_cell_windows": self.person_cell_windows,
+            "person_cell_windows_kept": self.person_cell_windows_kept,
+            "person_cell_windows_dropped_share": round(self.dropped_share, 6),
+            "dwell_minutes": self.dwell_minutes,
+            "dwell_minutes_kept_share": round(self.dwell_kept_share, 6),
+        }
+
+
+def bound(dwell_frame: pl.DataFrame, max_cells_per_window: int, max_windows: int) -> pl.DataFrame:
+    """Keep each person's top cells per window and top windows, by dwell.
+
+    Parameters
+    ----------
+    dwell_frame
+        Columns ``pid`` (Int64), ``window`` (Int32), ``cell`` (UInt64), ``minutes``.
+
+    Returns
+    -------
+    The kept rows, same columns; every (pid, window, cell) at most once.
+    """
+    cell_tie = pl.col("pid") ^ pl.col("cell").cast(pl.Int64)
+    ranked = dwell_frame.lazy().with_columns(
+        pl.struct(pl.col("minutes"), cell_tie)
+        .rank("ordinal", descending=True)
+        .over("pid", "window")
+        .alias("_cell_rank"),
+    ).filter(pl.col("_cell_rank") <= max_cells_per_window)
+    windows = (
+        dwell_frame.lazy()
+        .group_by("pid", "window")
+        .agg(pl.col("minutes").sum().alias("_window_minutes"))
+        .with_columns(
+            pl.struct(pl.col("_window_minutes"), pl.col("pid") ^ pl.col("window").cast(pl.Int64))
+            .rank("ordinal", descending=True)
+            .over("pid")
+            .alias("_window_rank")
+        )
+        .filter(pl.col("_window_rank") <= max_windows)
+        .select("pid", "window")
+    )
+    return (
+        ranked.join(windows, on=["pid", "window"], how="semi")
+        .select("pid", "window", "cell", "minutes")
+        .collect()
+    )
+
+
+def stats(before: pl.DataFrame, after: pl.DataFrame) -> BoundingStats:
+    return BoundingStats(
+        person_cell_windows=before.height,
+        person_cell_windows_kept=after.height,
+        dwell_minutes=int(before["minutes"].sum() or 0),
+        dwell_minutes_kept=int(after["minutes"].sum() or 0),
+    )

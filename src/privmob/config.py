@@ -1,0 +1,438 @@
+"""The job configuration: one frozen, validated object that fixes every privacy parameter.
+
+A typo in a privacy setting must never silently fall back to a default, so unknown keys
+are errors (with a "did you mean" hint) and every value is range-checked here, once.
+Relative paths in a job file are resolved against the file's own folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import difflib
+import math
+import re
+import tomllib
+import zoneinfo
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from privmob.errors import ConfigError
+
+__all__ = [
+    "DEFAULT_GROUPS",
+    "DEFAULT_MARKING",
+    "GridConfig",
+    "JobConfig",
+    "JobSection",
+    "PrivacyConfig",
+    "ScopeConfig",
+    "parse_duration",
+]
+
+DEFAULT_GROUPS: tuple[str, ...] = ("confirmed", "suspected", "close_contact")
+DEFAULT_MARKING = (
+    "疫情防控内部信息 · 未经授权不得传播 / "
+    "Epidemic-control internal information — do not distribute without authorisation"
+)
+DEFAULT_PURPOSES: tuple[str, ...] = ("epidemic-prevention",)
+
+Mechanism = Literal["laplace", "gaussian"]
+OnBadRows = Literal["quarantine", "fail"]
+Backend = Literal["polars"]
+
+_DURATION = re.compile(r"^\s*(\d+)\s*(s|m|min|h|d)\s*$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> int:
+    """Parse ``"15m"``, ``"1h"`` or ``"1d"`` into seconds.
+
+    Examples
+    --------
+    >>> parse_duration("1h"), parse_duration("30m"), parse_duration("1d")
+    (3600, 1800, 86400)
+    """
+    match = _DURATION.match(text)
+    if not match:
+        raise ConfigError(
+            f"window {text!r} is not a duration; write it like '15m', '1h' or '1d'"
+        )
+    return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+def _parse_date(value: object, where: str) -> dt.date:
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    if isinstance(value, str):
+        try:
+            return dt.date.fromisoformat(value)
+        except ValueError:
+            pass
+    raise ConfigError(f"{where} = {value!r} is not a date; write it as YYYY-MM-DD")
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobSection:
+    """Who runs the job, why, on what, and for which period.
+
+    ``period`` is the first local day the release covers; ``period_days`` how many. The
+    period, not the data, defines the time windows, so the set of released keys never
+    depends on who is in the input.
+    """
+
+    purpose: str = "epidemic-prevention"
+    operator: str = ""
+    input: Path | None = None
+    output: Path = Path("out/release")
+    timezone: str = "Asia/Shanghai"
+    period: dt.date | None = None
+    period_days: int = 1
+    dataset: str = ""
+    key_file: Path | None = None
+    key_env: str = "PRIVMOB_PSEUDONYM_KEY"
+    on_bad_rows: OnBadRows = "quarantine"
+    quarantine: Path | None = None
+    backend: Backend = "polars"
+    allowed_purposes: tuple[str, ...] = DEFAULT_PURPOSES
+    marking: str = DEFAULT_MARKING
+
+    def __post_init__(self) -> None:
+        if self.purpose not in self.allowed_purposes:
+            raise ConfigError(
+                f"[job] purpose = {self.purpose!r} is not allowed; data collected for "
+                f"epidemic control may only be used for: {', '.join(self.allowed_purposes)}"
+            )
+        if not self.operator.strip():
+            raise ConfigError(
+                "[job] operator is required: whoever runs a release answers for it; "
+                "set operator = \"<your accountable id>\""
+            )
+        try:
+            zoneinfo.ZoneInfo(self.timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+            raise ConfigError(
+                f"[job] timezone = {self.timezone!r} is not an IANA time zone; "
+                "use a name like 'Asia/Shanghai'"
+            ) from exc
+        if not 1 <= self.period_days <= 366:
+            raise ConfigError("[job] period_days must be between 1 and 366")
+        if self.on_bad_rows not in ("quarantine", "fail"):
+            raise ConfigError(
+                f"[job] on_bad_rows = {self.on_bad_rows!r}; use 'quarantine' or 'fail'"
+            )
+        if self.backend != "polars":
+            raise ConfigError(f"[job] backend = {self.backend!r}; this build has 'polars'")
+        if not self.marking.strip():
+            raise ConfigError("[job] marking must not be empty: internal information is marked")
+
+    @property
+    def tz(self) -> zoneinfo.ZoneInfo:
+        return zoneinfo.ZoneInfo(self.timezone)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScopeConfig:
+    """Minimum scope: which key groups may be processed at all."""
+
+    groups: tuple[str, ...] = DEFAULT_GROUPS
+    assume_group: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.groups:
+            raise ConfigError("[scope] groups must name at least one key group")
+        if self.assume_group is not None and self.assume_group not in self.groups:
+            raise ConfigError(
+                f"[scope] assume_group = {self.assume_group!r} is not one of the key groups "
+                f"{list(self.groups)}"
+            )
+
+
+@dataclass(frozen=True, kw_only=True)
+class GridConfig:
+    """Where and when: H3 resolution, window length and the optional public-key boundary."""
+
+    resolution: int = 8
+    window: str = "1h"
+    boundary: Path | None = None
+    boundary_where: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.resolution, int) or not 0 <= self.resolution <= 15:
+            raise ConfigError(
+                f"[grid] resolution = {self.resolution!r}; H3 resolutions are 0 to 15 "
+                "(7 ≈ 5 km², 8 ≈ 0.7 km², 9 ≈ 0.1 km²)"
+            )
+        seconds = parse_duration(self.window)
+        if seconds < 60 or 86400 % seconds:
+            raise ConfigError(
+                f"[grid] window = {self.window!r} must be at least 1 minute and divide a "
+                "day evenly (e.g. '15m', '1h', '6h', '1d')"
+            )
+
+    @property
+    def window_seconds(self) -> int:
+        return parse_duration(self.window)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrivacyConfig:
+    """The privacy parameters. See README "Privacy model" and docs/adr/0001.
+
+    ``min_count`` is the policy floor on published counts; the release threshold is the
+    larger of it and the noise-derived threshold that keeps the expected rate of spurious
+    cells (empty keys released by noise alone) at or below ``max_spurious_rate``.
+    """
+
+    mechanism: Mechanism = "gaussian"
+    epsilon: float = 1.0
+    delta: float = 1e-7
+    rho: float | None = None
+    max_cells_per_window: int = 1
+    max_windows: int = 24
+    min_count: int = 10
+    max_spurious_rate: float = 1e-4
+
+    def __post_init__(self) -> None:
+        if self.mechanism not in ("laplace", "gaussian"):
+            raise ConfigError(
+                f"[privacy] mechanism = {self.mechanism!r}; use 'laplace' or 'gaussian'"
+            )
+        if not _finite_positive(self.epsilon) or self.epsilon > 20:
+            raise ConfigError(
+                f"[privacy] epsilon = {self.epsilon!r} must be a number in (0, 20]; "
+                "typical values are 0.1 to 2"
+            )
+        if not _finite_positive(self.delta) or self.delta >= 1e-3:
+            raise ConfigError(
+                f"[privacy] delta = {self.delta!r} must be in (0, 1e-3); use e.g. 1e-7"
+            )
+        if self.rho is not None:
+            if self.mechanism != "gaussian":
+                raise ConfigError("[privacy] rho applies to mechanism = 'gaussian' only")
+            if not _finite_positive(self.rho) or self.rho > 10:
+                raise ConfigError(f"[privacy] rho = {self.rho!r} must be in (0, 10]")
+        if not isinstance(self.max_cells_per_window, int) or not 1 <= self.max_cells_per_window <= 64:
+            raise ConfigError("[privacy] max_cells_per_window must be an integer from 1 to 64")
+        if not isinstance(self.max_windows, int) or not 1 <= self.max_windows <= 10_000:
+            raise ConfigError("[privacy] max_windows must be an integer from 1 to 10000")
+        if not isinstance(self.min_count, int) or self.min_count < 1:
+            raise ConfigError(
+                f"[privacy] min_count = {self.min_count!r} must be an integer ≥ 1 "
+                "(0 would publish every noisy key, including empty ones)"
+            )
+        if not 0 < self.max_spurious_rate <= 0.5:
+            raise ConfigError("[privacy] max_spurious_rate must be in (0, 0.5]")
+
+
+def _finite_positive(x: object) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+
+
+_SECTIONS: dict[str, type[Any]] = {
+    "job": JobSection,
+    "scope": ScopeConfig,
+    "grid": GridConfig,
+    "privacy": PrivacyConfig,
+}
+_PATH_FIELDS = {("job", "input"), ("job", "output"), ("job", "key_file"), ("job", "quarantine"),
+                ("grid", "boundary")}
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobConfig:
+    """Everything one release needs, validated.
+
+    Examples
+    --------
+    >>> cfg = JobConfig.from_dict({"job": {"operator": "analyst-01", "period": "2026-11-26"}})
+    >>> cfg.privacy.mechanism, cfg.grid.resolution
+    ('gaussian', 8)
+    """
+
+    job: JobSection
+    scope: ScopeConfig = field(default_factory=ScopeConfig)
+    grid: GridConfig = field(default_factory=GridConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    source: Path | None = None
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> JobConfig:
+        """Read a job file; relative paths in it are relative to the file."""
+        path = Path(path)
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except FileNotFoundError as exc:
+            raise ConfigError(f"job file {path} does not exist") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"job file {path} is not UTF-8 text") from exc
+        except OSError as exc:
+            raise ConfigError(f"job file {path} cannot be read: {exc.strerror}") from exc
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"job file {path} is not valid TOML: {exc}") from exc
+        return cls.from_dict(data, base_dir=path.resolve().parent, source=path)
+
+    @classmethod
+    def from_dict(
+        cls,
+        data: Mapping[str, Any],
+        *,
+        base_dir: Path | None = None,
+        source: Path | None = None,
+    ) -> JobConfig:
+        """Build from nested mappings (the parsed TOML); unknown keys are errors."""
+        _reject_unknown("top level", data.keys(), _SECTIONS.keys())
+        if "job" not in data:
+            raise ConfigError("the [job] section is required (at least operator and period)")
+        sections: dict[str, Any] = {}
+        for name, klass in _SECTIONS.items():
+            raw = data.get(name, {})
+            if not isinstance(raw, Mapping):
+                raise ConfigError(f"[{name}] must be a table")
+            allowed = [f.name for f in dataclasses.fields(klass)]
+            _reject_unknown(f"[{name}]", raw.keys(), allowed)
+            kwargs = {k: _coerce(name, k, v, base_dir) for k, v in raw.items()}
+            try:
+                sections[name] = klass(**kwargs)
+            except TypeError as exc:  # pragma: no cover - guarded by _reject_unknown
+                raise ConfigError(f"[{name}]: {exc}") from exc
+        return cls(**sections, source=source)
+
+    def with_overrides(self, **dotted: Any) -> JobConfig:
+        """Return a copy with ``section__field`` values replaced (validated again).
+
+        >>> cfg = JobConfig.from_dict({"job": {"operator": "a", "period": "2026-11-26"}})
+        >>> cfg.with_overrides(privacy__epsilon=0.5).privacy.epsilon
+        0.5
+        """
+        updated: dict[str, Any] = {}
+        for key, value in dotted.items():
+            section, _, name = key.partition("__")
+            if section not in _SECTIONS or not name:
+                raise ConfigError(f"unknown override {key!r}; use section__field")
+            current = updated.get(section, getattr(self, section))
+            allowed = [f.name for f in dataclasses.fields(current)]
+            _reject_unknown(f"[{section}]", [name], allowed)
+            value = _coerce(section, name, value, None)
+            updated[section] = dataclasses.replace(current, **{name: value})
+        return dataclasses.replace(self, **updated)
+
+    @property
+    def period_start(self) -> dt.datetime:
+        """First instant of the release period (local midnight), as an aware datetime."""
+        if self.job.period is None:
+            raise ConfigError(
+                "[job] period is not set: say which local day the release covers, "
+                "e.g. period = \"2026-11-26\" (or pass --period on the command line)"
+            )
+        return dt.datetime.combine(self.job.period, dt.time(), tzinfo=self.job.tz)
+
+    @property
+    def period_end(self) -> dt.datetime:
+        """First instant after the period (local midnight ``period_days`` later)."""
+        assert self.job.period is not None
+        end_day = self.job.period + dt.timedelta(days=self.job.period_days)
+        return dt.datetime.combine(end_day, dt.time(), tzinfo=self.job.tz)
+
+    @property
+    def n_windows(self) -> int:
+        span = self.period_end.astimezone(dt.UTC) - self.period_start.astimezone(dt.UTC)
+        return math.ceil(span.total_seconds() / self.grid.window_seconds)
+
+    @property
+    def dataset(self) -> str:
+        if self.job.dataset:
+            return self.job.dataset
+        return self.job.input.stem.split(".")[0] if self.job.input else "dataframe"
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able view (paths as strings), for manifests and digests."""
+
+        def conv(v: Any) -> Any:
+            if isinstance(v, Path):
+                return str(v)
+            if isinstance(v, dt.date):
+                return v.isoformat()
+            if isinstance(v, tuple | list):
+                return [conv(x) for x in v]
+            if isinstance(v, Mapping):
+                return {k: conv(x) for k, x in v.items()}
+            return v
+
+        return {
+            name: {f.name: conv(getattr(getattr(self, name), f.name))
+                   for f in dataclasses.fields(getattr(self, name))}
+            for name in _SECTIONS
+        }
+
+
+def _reject_unknown(where: str, keys: Any, allowed: Any) -> None:
+    allowed = list(allowed)
+    for key in keys:
+        if key not in allowed:
+            hint = difflib.get_close_matches(str(key), allowed, n=1)
+            suggestion = f"; did you mean {hint[0]!r}?" if hint else f"; known keys: {', '.join(allowed)}"
+            raise ConfigError(f"{where}: unknown key {key!r}{suggestion}")
+
+
+def _coerce(section: str, name: str, value: Any, base_dir: Path | None) -> Any:
+    if (section, name) in _PATH_FIELDS:
+        if value is None:
+            return None
+        if not isinstance(value, str | Path):
+            raise ConfigError(f"[{section}] {name} must be a path string")
+        path = Path(value).expanduser()
+        if base_dir is not None and not path.is_absolute():
+            path = base_dir / path
+        return path
+    if (section, name) == ("job", "period"):
+        return None if value is None else _parse_date(value, "[job] period")
+    if name in ("groups", "allowed_purposes"):
+        if isinstance(value, str) or not isinstance(value, list | tuple):
+            raise ConfigError(f"[{section}] {name} must be a list of strings")
+        if not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"[{section}] {name} must be a list of strings")
+        return tuple(value)
+    if (section, name) == ("grid", "boundary_where"):
+        if not isinstance(value, Mapping):
+            raise ConfigError("[grid] boundary_where must be a table, e.g. { adcode = \"110000\" }")
+        return {str(k): str(v) for k, v in value.items()}
+    if name in ("epsilon", "delta", "rho", "max_spurious_rate") and isinstance(value, int) \
+            and not isinstance(value, bool):
+        return float(value)
+    expected = _FIELD_TYPES.get((section, name))
+    if expected is not None and (isinstance(value, bool) or not isinstance(value, expected)):
+        raise ConfigError(
+            f"[{section}] {name} = {value!r} has the wrong type; expected {expected.__name__}"
+        )
+    return value
+
+
+_FIELD_TYPES: dict[tuple[str, str], type] = {
+    ("job", "purpose"): str,
+    ("job", "operator"): str,
+    ("job", "timezone"): str,
+    ("job", "period_days"): int,
+    ("job", "dataset"): str,
+    ("job", "key_env"): str,
+    ("job", "on_bad_rows"): str,
+    ("job", "backend"): str,
+    ("job", "marking"): str,
+    ("scope", "assume_group"): str,
+    ("grid", "resolution"): int,
+    ("grid", "window"): str,
+    ("privacy", "mechanism"): str,
+    ("privacy", "epsilon"): float,
+    ("privacy", "delta"): float,
+    ("privacy", "rho"): float,
+    ("privacy", "max_cells_per_window"): int,
+    ("privacy", "max_windows"): int,
+    ("privacy", "min_count"): int,
+    ("privacy", "max_spurious_rate"): float,
+}

@@ -1,0 +1,70 @@
+"""The exceptions privmob raises.
+
+Every error a person can cause (a bad config, a bad input, an exhausted budget) is a
+:class:`PrivmobError`; each also subclasses the matching built-in so callers that already
+catch ``ValueError`` or ``ImportError`` keep working. Messages say what is wrong and end
+with what to do about it; they never contain a raw identifier or a secret.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackendUnavailableError",
+    "BoundaryError",
+    "BudgetExceededError",
+    "ConfigError",
+    "InputError",
+    "KeyFileError",
+    "PrivmobError",
+    "ReleaseExistsError",
+    "ReleaseWriteError",
+    "SchemaError",
+]
+
+
+class PrivmobError(Exception):
+    """Base class of every error privmob raises on purpose.
+
+    The CLI turns these into one line on stderr and a documented exit code; anything else
+    is a bug and exits with the internal-error code.
+    """
+
+    exit_code: int = 2
+
+
+class ConfigError(PrivmobError, ValueError):
+    """A job configuration is invalid (unknown key, out-of-range value, missing file)."""
+
+
+class SchemaError(PrivmobError, ValueError):
+    """The input lacks required columns or has columns of an unusable type."""
+
+
+class InputError(PrivmobError, ValueError):
+    """Input rows are malformed and the job was told to fail on bad rows (or the file is unreadable)."""
+
+
+class BoundaryError(PrivmobError, ValueError):
+    """A boundary file cannot be used to derive public keys."""
+
+
+class KeyFileError(PrivmobError, PermissionError):
+    """The pseudonymisation key is missing, too short, or readable by others."""
+
+
+class BudgetExceededError(PrivmobError):
+    """A release would spend more privacy budget than is left; nothing was read or charged."""
+
+    exit_code = 3
+
+
+class ReleaseExistsError(PrivmobError, FileExistsError):
+    """The output directory already holds a release; refusing to overwrite it silently."""
+
+
+class ReleaseWriteError(PrivmobError, OSError):
+    """A release could not be written (disk full, read-only directory); nothing was published."""
+
+
+class BackendUnavailableError(PrivmobError, ImportError):
+    """The configured backend's optional dependency is not installed."""

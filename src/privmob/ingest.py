@@ -1,0 +1,289 @@
+"""Stage 1 — ingest: a lazy handle on raw pings, and the per-row validity check.
+
+Nothing is read when a :class:`Pings` handle is made: the backend scans the source once,
+lazily, selecting only the five columns the job needs (so name, phone, address and any
+other extra column never enter memory). Every row gets a ``reason``: null for a good row,
+otherwise the first check it fails. Bad rows are counted by reason and never silently
+dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import zoneinfo
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import polars as pl
+
+from privmob.errors import InputError, SchemaError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = [
+    "BAD_REASONS",
+    "REQUIRED_COLUMNS",
+    "Pings",
+    "read_pings",
+    "require_columns",
+    "validate",
+]
+
+REQUIRED_COLUMNS: tuple[str, ...] = ("person_id", "ts", "lat", "lng", "group")
+
+#: Every reason a row can be bad, in the order the checks run; the first failing one wins.
+BAD_REASONS: dict[str, tuple[str, str]] = {
+    "person_id_missing": ("person_id", "is empty or null"),
+    "ts_unparseable": ("ts", "is not ISO-8601 (with or without offset) nor epoch seconds"),
+    "lat_not_numeric": ("lat", "is not a number"),
+    "lng_not_numeric": ("lng", "is not a number"),
+    "coordinates_not_finite": ("lat/lng", "is NaN or infinite"),
+    "lat_out_of_range": ("lat", "is outside [-90, 90]"),
+    "lng_out_of_range": ("lng", "is outside [-180, 180]"),
+    "group_missing": ("group", "is empty or null"),
+}
+
+_HINTS = {
+    "person_id": ("id", "pid", "user_id", "uid", "person"),
+    "ts": ("time", "timestamp", "datetime", "date_time", "t"),
+    "lat": ("latitude", "y"),
+    "lng": ("lon", "long", "longitude", "x"),
+    "group": ("category", "type", "key_group", "status"),
+}
+
+SourceKind = Literal["parquet", "csv", "frame"]
+
+
+@dataclass(frozen=True, eq=False)
+class Pings:
+    """Raw movement records, not yet read.
+
+    Make one with :func:`read_pings`. The handle knows where the records are and how to
+    scan them; the release path reads them once, inside a backend.
+    """
+
+    kind: SourceKind
+    path: Path | None = None
+    frame: pl.DataFrame | None = None
+
+    def scan(self) -> pl.LazyFrame:
+        """A lazy scan of the raw records (CSV columns all as text, to validate per row)."""
+        if self.kind == "frame":
+            assert self.frame is not None
+            return self.frame.lazy()
+        assert self.path is not None
+        if self.kind == "parquet":
+            return pl.scan_parquet(self.path)
+        return pl.scan_csv(self.path, infer_schema=False, encoding="utf8-lossy",
+                           truncate_ragged_lines=False)
+
+    def schema(self) -> dict[str, pl.DataType]:
+        """Column names and types, reading only the file's header/metadata."""
+        try:
+            return dict(self.scan().collect_schema())
+        except (pl.exceptions.ComputeError, OSError, pl.exceptions.PolarsError) as exc:
+            raise InputError(f"{self.describe()} cannot be read: {_first_line(exc)}") from exc
+
+    def sha256(self) -> str:
+        """Digest of the input bytes (files) or of an Arrow IPC dump (frames)."""
+        digest = hashlib.sha256()
+        if self.kind == "frame":
+            assert self.frame is not None
+            buf = io.BytesIO()
+            self.frame.write_ipc(buf)
+            digest.update(buf.getvalue())
+        else:
+            assert self.path is not None
+            with self.path.open("rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+        return digest.hexdigest()
+
+    def describe(self) -> str:
+        return f"input {self.path}" if self.path is not None else "input data frame"
+
+
+def read_pings(source: str | Path | pl.DataFrame | pl.LazyFrame | pd.DataFrame | Pings) -> Pings:
+    """Point privmob at raw pings: a CSV / CSV.gz / Parquet path, or a Polars/pandas frame.
+
+    Reads nothing but the file's first bytes (to tell Parquet from CSV); the columns are
+    checked when the job runs.
+
+    Examples
+    --------
+    >>> import polars as pl
+    >>> read_pings(pl.DataFrame({"person_id": ["a"], "ts": [0], "lat": [1.0],
+    ...                          "lng": [2.0], "group": ["confirmed"]})).kind
+    'frame'
+    """
+    if isinstance(source, Pings):
+        return source
+    if isinstance(source, pl.LazyFrame):
+        return Pings("frame", frame=source.collect())
+    if isinstance(source, pl.DataFrame):
+        return Pings("frame", frame=source)
+    if _is_pandas(source):
+        return Pings("frame", frame=pl.from_pandas(source))  # type: ignore[arg-type]
+    if not isinstance(source, str | Path):
+        raise InputError(
+            f"cannot read pings from a {type(source).__name__}; pass a path or a data frame"
+        )
+    path = Path(source)
+    if not path.is_file():
+        if path.exists():
+            raise InputError(f"input {path} is not a regular file")
+        raise InputError(f"input {path} does not exist")
+    with path.open("rb") as fh:
+        head = fh.read(4)
+    if head == b"PAR1":
+        return Pings("parquet", path=path)
+    if path.suffix.lower() == ".parquet":
+        raise InputError(f"input {path} is named .parquet but is not a Parquet file")
+    return Pings("csv", path=path)
+
+
+def _is_pandas(obj: Any) -> bool:
+    return type(obj).__module__.startswith("pandas") and type(obj).__name__ == "DataFrame"
+
+
+def require_columns(schema: dict[str, pl.DataType], *, group_optional: bool) -> None:
+    """Fail with every missing column named (and a hint if a near name is present)."""
+    needed = [c for c in REQUIRED_COLUMNS if not (c == "group" and group_optional)]
+    missing = [c for c in needed if c not in schema]
+    if not missing:
+        return
+    hints = []
+    lower = {c.lower(): c for c in schema}
+    for col in missing:
+        for alias in _HINTS[col]:
+            if alias in lower:
+                hints.append(f"{lower[alias]!r} → {col!r}")
+    parts = [f"input is missing required column(s) {', '.join(repr(m) for m in missing)}"]
+    if "group" in missing:
+        parts.append(
+            "an input without a group column is accepted only when the job says the whole "
+            "input is one key group: [scope] assume_group = \"close_contact\""
+        )
+    if hints:
+        parts.append("rename " + ", ".join(hints))
+    parts.append(f"found columns: {', '.join(schema) or '(none)'}")
+    raise SchemaError("; ".join(parts))
+
+
+def validate(
+    lf: pl.LazyFrame,
+    schema: dict[str, pl.DataType],
+    timezone: str,
+    *,
+    assume_group: str | None = None,
+) -> pl.LazyFrame:
+    """Select the job's columns, parse them, and tag each row with its first failing check.
+
+    Returns columns ``person_id`` (str), ``t`` (Int64 epoch seconds, UTC), ``lat``,
+    ``lng`` (Float64), ``group`` (str) and ``reason`` (str, null when the row is good).
+    Naive timestamps are read as local time in ``timezone``.
+    """
+    zoneinfo.ZoneInfo(timezone)  # validated by the config; fail loudly if called directly
+    if "group" in schema:
+        group = pl.col("group").cast(pl.String).str.strip_chars()
+        group = pl.when(group == "").then(None).otherwise(group)
+    else:
+        group = pl.lit(assume_group, dtype=pl.String)
+    pid = pl.col("person_id").cast(pl.String).str.strip_chars()
+    lat_raw_missing, lat = _numeric("lat", schema)
+    lng_raw_missing, lng = _numeric("lng", schema)
+    t = _epoch_seconds(schema["ts"], timezone)
+    frame = lf.select(
+        pid.alias("person_id"),
+        t.alias("t"),
+        lat.alias("lat"),
+        lng.alias("lng"),
+        group.alias("group"),
+        lat_raw_missing.alias("_lat_bad"),
+        lng_raw_missing.alias("_lng_bad"),
+    )
+    finite = pl.col("lat").is_finite() & pl.col("lng").is_finite()
+    reason = (
+        pl.when(pl.col("person_id").is_null() | (pl.col("person_id") == ""))
+        .then(pl.lit("person_id_missing"))
+        .when(pl.col("t").is_null())
+        .then(pl.lit("ts_unparseable"))
+        .when(pl.col("_lat_bad"))
+        .then(pl.lit("lat_not_numeric"))
+        .when(pl.col("_lng_bad"))
+        .then(pl.lit("lng_not_numeric"))
+        .when(~finite)
+        .then(pl.lit("coordinates_not_finite"))
+        .when(pl.col("lat").abs() > 90)
+        .then(pl.lit("lat_out_of_range"))
+        .when(pl.col("lng").abs() > 180)
+        .then(pl.lit("lng_out_of_range"))
+        .when(pl.col("group").is_null())
+        .then(pl.lit("group_missing"))
+        .otherwise(pl.lit(None, dtype=pl.String))
+    )
+    return frame.with_columns(reason.alias("reason")).drop("_lat_bad", "_lng_bad")
+
+
+def _numeric(name: str, schema: dict[str, pl.DataType]) -> tuple[pl.Expr, pl.Expr]:
+    """(is-not-numeric flag, Float64 value) for a coordinate column of any type."""
+    dtype = schema[name]
+    col = pl.col(name)
+    if dtype.is_numeric():
+        value = col.cast(pl.Float64)
+        return col.is_null(), value
+    if dtype == pl.String:
+        text = col.str.strip_chars()
+        value = text.cast(pl.Float64, strict=False)
+        return value.is_null(), value
+    raise SchemaError(f"column {name!r} has type {dtype}; expected a number (or numeric text)")
+
+
+_OFFSET_FORMATS = ("%Y-%m-%dT%H:%M:%S%.f%:z",)
+_NAIVE_FORMATS = ("%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%dT%H:%M")
+
+
+def _epoch_seconds(dtype: pl.DataType, timezone: str) -> pl.Expr:
+    col = pl.col("ts")
+    if isinstance(dtype, pl.Datetime):
+        if dtype.time_zone is None:
+            col = col.dt.replace_time_zone(timezone, ambiguous="earliest", non_existent="null")
+        return col.dt.epoch("s")
+    if isinstance(dtype, pl.Date):
+        return col.cast(pl.Datetime("us")).dt.replace_time_zone(timezone).dt.epoch("s")
+    if dtype.is_integer():
+        return col.cast(pl.Int64)
+    if dtype.is_float():
+        return pl.when(col.is_finite()).then(col.floor()).otherwise(None).cast(pl.Int64)
+    if dtype != pl.String:
+        raise SchemaError(
+            f"column 'ts' has type {dtype}; expected ISO-8601 text, epoch seconds or a datetime"
+        )
+    text = (
+        col.str.strip_chars()
+        .str.replace(r"[zZ]$", "+00:00")
+        .str.replace(" ", "T", literal=True)
+    )
+    candidates: list[pl.Expr] = [
+        text.str.to_datetime(fmt, strict=False, time_zone="UTC", time_unit="us").dt.epoch("s")
+        for fmt in _OFFSET_FORMATS
+    ]
+    candidates += [
+        text.str.to_datetime(fmt, strict=False, time_unit="us")
+        .dt.replace_time_zone(timezone, ambiguous="earliest", non_existent="null")
+        .dt.epoch("s")
+        for fmt in _NAIVE_FORMATS
+    ]
+    epoch = text.cast(pl.Float64, strict=False)
+    candidates.append(
+        pl.when(epoch.is_finite() & (epoch.abs() < 1e12)).then(epoch.floor()).cast(pl.Int64)
+    )
+    return pl.coalesce(candidates)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -1,0 +1,105 @@
+"""Public keys: every H3 cell that overlaps a boundary polygon.
+
+Keys fixed in advance by public information (a city outline) let the mechanism noise every
+cell, empty ones included, so the absence of a cell in a release reveals nothing and the
+release is pure ε-DP (or ρ-zCDP) with no δ spent on key selection.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h3
+import numpy as np
+import numpy.typing as npt
+
+from privmob.errors import BoundaryError
+
+__all__ = ["Boundary", "load_boundary"]
+
+
+@dataclass(frozen=True, eq=False)
+class Boundary:
+    """A polygonal area (WGS-84) and the file it came from."""
+
+    geometry: Any  # shapely (Multi)Polygon
+    path: Path
+    sha256: str
+    where: tuple[tuple[str, str], ...]
+
+    @property
+    def key_label(self) -> str:
+        return f"public:{self.sha256}"
+
+    def cells(self, resolution: int) -> npt.NDArray[np.uint64]:
+        """Sorted H3 cells (as UInt64) overlapping the area at ``resolution``."""
+        return _cells(self, resolution)
+
+
+@functools.lru_cache(maxsize=16)
+def _cells(boundary: Boundary, resolution: int) -> npt.NDArray[np.uint64]:
+    shape = h3.geo_to_h3shape(boundary.geometry.__geo_interface__)
+    cells = h3.h3shape_to_cells_experimental(shape, resolution, contain="overlap")
+    if not cells:
+        raise BoundaryError(
+            f"boundary {boundary.path} covers no H3 cell at resolution {resolution}"
+        )
+    return np.sort(np.fromiter((h3.str_to_int(c) for c in cells), dtype=np.uint64))
+
+
+def load_boundary(path: Path, where: Mapping[str, str] | None = None) -> Boundary:
+    """Read a GeoJSON / GeoPackage polygon layer; ``where`` picks features by property.
+
+    All selected polygons are merged. The file must be WGS-84 (EPSG:4326) or declare a CRS
+    that can be converted to it.
+    """
+    import geopandas as gpd  # heavy; only needed when a boundary is configured
+    from shapely import make_valid, union_all
+
+    where = dict(where or {})
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise BoundaryError(f"boundary file {path} does not exist") from exc
+    except OSError as exc:
+        raise BoundaryError(f"boundary file {path} cannot be read: {exc.strerror}") from exc
+    try:
+        frame = gpd.read_file(path)
+    except Exception as exc:  # pyogrio raises several unrelated types
+        raise BoundaryError(f"boundary file {path} is not a readable vector layer: {exc}") from exc
+    for prop, value in where.items():
+        if prop not in frame.columns:
+            raise BoundaryError(
+                f"boundary file {path} has no property {prop!r}; "
+                f"properties: {', '.join(c for c in frame.columns if c != 'geometry')}"
+            )
+        frame = frame[frame[prop].astype(str) == value]
+    if frame.empty:
+        raise BoundaryError(f"no feature in {path} matches {where}")
+    if frame.crs is not None and frame.crs.to_epsg() != 4326:
+        frame = frame.to_crs(4326)
+    geoms = [g for g in frame.geometry if g is not None]
+    if not geoms or any(g.geom_type not in ("Polygon", "MultiPolygon") for g in geoms):
+        kinds = sorted({g.geom_type for g in geoms}) if geoms else ["empty"]
+        raise BoundaryError(
+            f"boundary file {path} must hold polygons; found {', '.join(kinds)}"
+        )
+    geometry = make_valid(union_all(geoms))
+    if geometry.is_empty or geometry.area == 0:
+        raise BoundaryError(f"boundary in {path} has no area")
+    minx, miny, maxx, maxy = geometry.bounds
+    if not (-180 <= minx <= maxx <= 180 and -90 <= miny <= maxy <= 90):
+        raise BoundaryError(
+            f"boundary in {path} is not in longitude/latitude degrees (bounds {geometry.bounds})"
+        )
+    return Boundary(
+        geometry=geometry,
+        path=path,
+        sha256=hashlib.sha256(data).hexdigest(),
+        where=tuple(sorted(where.items())),
+    )

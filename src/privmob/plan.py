@@ -1,0 +1,382 @@
+"""The release plan: everything decided before any data is read.
+
+``plan(config)`` fixes the sensitivity, calibrates the noise with OpenDP, derives the
+release threshold and the key set, and can ``explain()`` all of it — expected error,
+spurious-cell rate, the smallest count that is reliably published — while spending
+nothing. ``Plan.release(pings)`` then runs the pipeline once and returns the only public
+result type, :class:`~privmob.release.ReleasedTable`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import polars as pl
+
+from privmob import mechanism
+from privmob._version import __version__
+from privmob.accountant import PrivacyCost
+from privmob.backends import get_backend
+from privmob.config import JobConfig
+from privmob.errors import InputError
+from privmob.ingest import BAD_REASONS, Pings, read_pings
+from privmob.keys import Boundary, load_boundary
+from privmob.mechanism import NoiseModel, Sensitivity
+from privmob.pseudonymise import Pseudonymiser, load_key
+from privmob.release import ReleasedTable, build_table, suppress
+from privmob.scope import OK, OUT_OF_PERIOD, OUT_OF_SCOPE
+
+__all__ = ["Plan", "plan"]
+
+STAGES = ("ingest", "scope", "pseudonymise", "index", "bound", "aggregate")
+
+
+def plan(config: JobConfig) -> Plan:
+    """Validate a job and prepare its release; reads no data and spends no budget.
+
+    Examples
+    --------
+    >>> import privmob as pm
+    >>> cfg = pm.JobConfig.from_dict({"job": {"operator": "a", "period": "2026-11-26"},
+    ...                               "privacy": {"mechanism": "laplace"}})
+    >>> p = pm.plan(cfg)
+    >>> p.noise.scale, p.sensitivity.l1
+    (24.0, 24)
+    """
+    p = Plan(config)
+    _ = p.noise, p.release_threshold, config.period_start  # fail now, not after reading data
+    if config.grid.boundary is not None:
+        _ = p.key_cells
+    return p
+
+
+@dataclass(frozen=True, eq=False)
+class Plan:
+    """A validated, calibrated release job. Make it with :func:`plan`."""
+
+    config: JobConfig
+    _cache: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    # -- what is fixed before reading data ----------------------------------------------
+    @cached_property
+    def sensitivity(self) -> Sensitivity:
+        p = self.config.privacy
+        return Sensitivity(p.max_cells_per_window, min(p.max_windows, self.config.n_windows))
+
+    @property
+    def public_keys(self) -> bool:
+        return self.config.grid.boundary is not None
+
+    @cached_property
+    def boundary(self) -> Boundary | None:
+        g = self.config.grid
+        return None if g.boundary is None else load_boundary(g.boundary, g.boundary_where)
+
+    @cached_property
+    def key_cells(self) -> npt.NDArray[np.uint64] | None:
+        b = self.boundary
+        return None if b is None else b.cells(self.config.grid.resolution)
+
+    @cached_property
+    def noise(self) -> NoiseModel:
+        p = self.config.privacy
+        threshold_delta = 0.0
+        if not self.public_keys and p.mechanism == "gaussian":
+            threshold_delta = p.delta / 2
+        return mechanism.calibrate(p, self.sensitivity, threshold_delta=threshold_delta)
+
+    @cached_property
+    def release_threshold(self) -> int:
+        """max(min_count, the noise threshold that keeps spurious cells rare)."""
+        p = self.config.privacy
+        return max(p.min_count, self.noise.spurious_threshold(p.max_spurious_rate))
+
+    @property
+    def threshold_delta(self) -> float:
+        """δ reserved for selecting data-dependent keys (0 with public keys)."""
+        if self.public_keys:
+            return 0.0
+        p = self.config.privacy
+        return p.delta if p.mechanism == "laplace" else p.delta / 2
+
+    @property
+    def cost(self) -> PrivacyCost:
+        """What a release under this plan spends, at most."""
+        from privmob.accountant import exact
+
+        base = self.noise.cost
+        if self.public_keys:
+            return base
+        return PrivacyCost(base.epsilon, base.delta + exact(self.threshold_delta), base.rho)
+
+    @property
+    def key_period(self) -> str:
+        job = self.config.job
+        assert job.period is not None
+        return job.period.isoformat() + ("" if job.period_days == 1 else f"+{job.period_days}d")
+
+    def summary(self) -> dict[str, Any]:
+        """The numbers behind :meth:`explain`, as a dict."""
+        cfg, noise, thr = self.config, self.noise, self.release_threshold
+        n_keys = None if self.key_cells is None else int(self.key_cells.size) * cfg.n_windows
+        spurious = noise.tail(thr)
+        return {
+            "stages": list(self.stages),
+            "period_start": cfg.period_start.isoformat(),
+            "period_end": cfg.period_end.isoformat(),
+            "windows": cfg.n_windows,
+            "resolution": cfg.grid.resolution,
+            "sensitivity_l1": self.sensitivity.l1,
+            "sensitivity_l2": round(self.sensitivity.l2, 6),
+            "mechanism": noise.mechanism,
+            "noise_scale": noise.scale,
+            "noise_std": round(noise.std, 4),
+            "ci95_halfwidth": noise.ci_halfwidth(0.95),
+            **{k: v for k, v in self.cost.as_dict().items() if not k.endswith("_exact")},
+            "keys": "public" if self.public_keys else "threshold",
+            "key_cells": None if self.key_cells is None else int(self.key_cells.size),
+            "n_keys": n_keys,
+            "min_count": cfg.privacy.min_count,
+            "release_threshold": thr,
+            "spurious_rate": spurious,
+            "expected_spurious_cells": None if n_keys is None else spurious * n_keys,
+            "count_released_50pct": noise.detectable_count(thr, 0.5),
+            "count_released_95pct": noise.detectable_count(thr, 0.95),
+        }
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        keys = "public keys" if self.public_keys else "threshold keys"
+        return (*STAGES, f"mechanism:{self.noise.mechanism} ({keys})", "suppress", "release")
+
+    def explain(self) -> str:
+        """What the release will do and what its numbers can bear. Spends nothing."""
+        s, cfg = self.summary(), self.config
+        p = cfg.privacy
+        lines = [
+            f"privmob {__version__} — release plan for {cfg.dataset!r}, period {self.key_period} "
+            f"({cfg.job.timezone})",
+            f"  purpose {cfg.job.purpose!r}, operator {cfg.job.operator!r}",
+            "  stages: " + " → ".join(self.stages),
+            f"  scope: key groups {', '.join(cfg.scope.groups)}"
+            + (f" (whole input assumed {cfg.scope.assume_group!r})" if cfg.scope.assume_group else ""),
+            f"  grid: H3 resolution {cfg.grid.resolution}, {cfg.n_windows} windows of "
+            f"{cfg.grid.window}",
+            f"  bounding: ≤ {p.max_cells_per_window} cell(s) per window, ≤ "
+            f"{self.sensitivity.windows} window(s) per person → L1 = {s['sensitivity_l1']}, "
+            f"L2 = {s['sensitivity_l2']:.3f}",
+        ]
+        if self.noise.mechanism == "laplace":
+            lines.append(
+                f"  mechanism: discrete Laplace (OpenDP), scale {s['noise_scale']:.4g}, "
+                + ("pure " if self.public_keys else "")
+                + f"ε = {s['epsilon']:g}"
+            )
+        else:
+            lines.append(
+                f"  mechanism: discrete Gaussian (OpenDP), σ = {s['noise_scale']:.4g}, ρ = "
+                f"{s['rho']:.6g} (zCDP) ⇒ (ε = {s['epsilon']:g}, δ = {s['delta']:.3g})"
+            )
+        lines.append(
+            f"  error: noise std {s['noise_std']:.1f}; a released count is within "
+            f"±{s['ci95_halfwidth']} of the truth 95% of the time"
+        )
+        if self.public_keys:
+            assert self.boundary is not None
+            lines.append(
+                f"  keys: public — {s['key_cells']:,} cells covering {self.boundary.path.name} × "
+                f"{cfg.n_windows} windows = {s['n_keys']:,} keys, all noised (empty ones too)"
+            )
+        else:
+            lines.append(
+                f"  keys: data-dependent, selected by OpenDP's noise threshold "
+                f"(δ = {self.threshold_delta:.3g} spent on selection)"
+            )
+        spur = s["spurious_rate"]
+        lines.append(
+            f"  suppression: publish noisy counts ≥ {s['release_threshold']} "
+            f"(min_count {p.min_count}; noise alone passes an empty key with p = {spur:.2e}"
+            + (f", ≈ {s['expected_spurious_cells']:.1f} spurious cells expected)"
+               if s["expected_spurious_cells"] is not None else ")")
+        )
+        lines.append(
+            f"  detectability: a cell with {s['count_released_50pct']} persons is published "
+            f"half the time; with {s['count_released_95pct']} persons, 95% of the time"
+        )
+        lines.append(
+            f"  budget: this release spends ε = {s['epsilon']:g}, δ = {s['delta']:.3g}"
+            + (f", ρ = {s['rho']:.6g}" if s["rho"] is not None else "")
+        )
+        return "\n".join(lines)
+
+    # -- running it ----------------------------------------------------------------------
+    def release(self, pings: Any, *, backend: str | None = None) -> ReleasedTable:
+        """Run the job on ``pings`` (a path, a frame or :func:`read_pings` handle).
+
+        Raises a :class:`~privmob.errors.PrivmobError` subclass on bad configuration or
+        input; in that case nothing is released.
+        """
+        cfg = self.config
+        timings: dict[str, float] = {}
+        tick = time.perf_counter()
+        key = load_key(cfg.job.key_file, cfg.job.key_env)
+        pseudonymiser = Pseudonymiser(key, self.key_period)
+        del key
+        source = read_pings(Path(pings)) if isinstance(pings, str | os.PathLike) else pings
+        engine = get_backend(backend or cfg.job.backend)
+        exact = engine.exact_cells(source, cfg, pseudonymiser, self.key_cells)
+        timings["exact"] = time.perf_counter() - tick
+
+        bad = {r: n for r, n in exact.rows_by_status.items() if r in BAD_REASONS}
+        if bad and cfg.job.on_bad_rows == "fail":
+            raise InputError(self._bad_rows_message(engine, source, pseudonymiser, bad))
+
+        tick = time.perf_counter()
+        cells, windows, noisy, n_keys, threshold_used, delta_used = self._noise(exact.counts)
+        timings["mechanism"] = time.perf_counter() - tick
+        keep = suppress(noisy, self.release_threshold)
+        table = build_table(
+            cells[keep], windows[keep], noisy[keep],
+            period_start=cfg.period_start,
+            window_seconds=cfg.grid.window_seconds,
+            ci_halfwidth=self.noise.ci_halfwidth(0.95),
+        )
+        manifest = self._manifest(exact, pseudonymiser, source, table.height, n_keys,
+                                  threshold_used, delta_used)
+        manifest["timings_s"] = {k: round(v, 4) for k, v in timings.items()}
+        released = ReleasedTable(table=table, manifest=manifest)
+        if bad and cfg.job.quarantine is not None:
+            self._write_quarantine(engine, source, pseudonymiser)
+        return released
+
+    def _noise(
+        self, counts: pl.DataFrame
+    ) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.int32], npt.NDArray[np.int64],
+               int | None, int, float]:
+        n_win = self.config.n_windows
+        if self.key_cells is not None:
+            key_cells = self.key_cells
+            vec = np.zeros(key_cells.size * n_win, dtype=np.int64)
+            pos = np.searchsorted(key_cells, counts["cell"].to_numpy())
+            vec[pos * n_win + counts["window"].to_numpy()] = counts["count"].to_numpy()
+            noisy = mechanism.noise_counts(self.noise, vec)
+            cells = np.repeat(key_cells, n_win)
+            windows = np.tile(np.arange(n_win, dtype=np.int32), key_cells.size)
+            return cells, windows, noisy, int(vec.size), self.release_threshold, 0.0
+        keys = [f"{c}:{w}" for c, w in zip(counts["cell"].to_list(), counts["window"].to_list(),
+                                           strict=True)]
+        released, threshold, delta = mechanism.threshold_counts(
+            self.noise, keys, counts["count"].to_list(), self.release_threshold,
+            self.threshold_delta,
+        )
+        items = sorted(released.items())
+        cells = np.array([int(k.split(":")[0]) for k, _ in items], dtype=np.uint64)
+        windows = np.array([int(k.split(":")[1]) for k, _ in items], dtype=np.int32)
+        noisy = np.array([v for _, v in items], dtype=np.int64)
+        return cells, windows, noisy, None, threshold, delta
+
+    def _manifest(self, exact: Any, pseudonymiser: Pseudonymiser, source: Any,
+                  released: int, n_keys: int | None, threshold: int,
+                  threshold_delta: float) -> dict[str, Any]:
+        cfg, s = self.config, self.summary()
+        by_status = exact.rows_by_status
+        input_sha = source.sha256() if isinstance(source, Pings) else None
+        return {
+            "privmob_version": __version__,
+            "release_id": str(uuid.uuid4()),
+            "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "dataset": cfg.dataset,
+            "key_period": self.key_period,
+            "purpose": cfg.job.purpose,
+            "operator": cfg.job.operator,
+            "marking": cfg.job.marking,
+            "input_sha256": input_sha,
+            "rows_in": exact.rows_in,
+            "rows_bad": {r: n for r, n in sorted(by_status.items()) if r in BAD_REASONS},
+            "rows_out_of_scope": by_status.get(OUT_OF_SCOPE, 0),
+            "rows_out_of_period": by_status.get(OUT_OF_PERIOD, 0),
+            "rows_outside_boundary": by_status.get("outside_boundary", 0),
+            "rows_used": by_status.get(OK, 0),
+            "persons": exact.persons,
+            "exact_fields_note": (
+                "rows_* and persons describe the input for the operator; they are exact, "
+                "not differentially private, and must not be published with the table"
+            ),
+            "scope": {"groups": list(cfg.scope.groups), "assume_group": cfg.scope.assume_group},
+            "pseudonymisation": {
+                "method": "HMAC-SHA256, key derived per key period",
+                "key_id": pseudonymiser.key_id,
+            },
+            "resolution": cfg.grid.resolution,
+            "window": cfg.grid.window,
+            "windows": cfg.n_windows,
+            "period_start": cfg.period_start.isoformat(),
+            "period_end": cfg.period_end.isoformat(),
+            "timezone": cfg.job.timezone,
+            "max_cells_per_window": cfg.privacy.max_cells_per_window,
+            "max_windows": cfg.privacy.max_windows,
+            "bounding": exact.bounding.as_dict(),
+            "sensitivity": {"l1": self.sensitivity.l1, "l2": self.sensitivity.l2},
+            "mechanism": self.noise.mechanism,
+            "epsilon": s["epsilon"],
+            "delta": s["delta"],
+            "rho": s["rho"],
+            "budget_exact": {k: v for k, v in self.cost.as_dict().items() if k.endswith("_exact")},
+            "noise_scale": self.noise.scale,
+            "noise_std": s["noise_std"],
+            "ci_level": 0.95,
+            "ci95_halfwidth": s["ci95_halfwidth"],
+            "keys": self.boundary.key_label if self.boundary is not None else "threshold",
+            "key_cells": s["key_cells"],
+            "n_keys": n_keys,
+            "threshold": None if self.public_keys else {
+                "value": threshold, "delta": threshold_delta,
+                "mechanism": f"OpenDP make_{self.noise.mechanism}_threshold",
+            },
+            "min_count": cfg.privacy.min_count,
+            "release_threshold": threshold,
+            "max_spurious_rate": cfg.privacy.max_spurious_rate,
+            "spurious_rate": s["spurious_rate"],
+            "cells_released": released,
+            "cells_suppressed": None if n_keys is None else n_keys - released,
+            "stages": list(self.stages),
+        }
+
+    def _bad_rows_message(self, engine: Any, source: Any, pseudonymiser: Pseudonymiser,
+                          bad: dict[str, int]) -> str:
+        first = engine.bad_rows(source, self.config, pseudonymiser, limit=5)
+        where = "; ".join(
+            f"row {row}: {BAD_REASONS[reason][0]} {BAD_REASONS[reason][1]}"
+            for row, reason in first.select("row", "reason").iter_rows()
+        )
+        counts = ", ".join(f"{n} {r}" for r, n in sorted(bad.items()))
+        return (
+            f"{sum(bad.values())} bad row(s) ({counts}); first: {where}. "
+            "Fix the input, or set [job] on_bad_rows = \"quarantine\" to count and set them aside"
+        )
+
+    def _write_quarantine(self, engine: Any, source: Any, pseudonymiser: Pseudonymiser) -> None:
+        """Bad rows, ids pseudonymised, for the operator: private data, mode 0600."""
+        path = self.config.job.quarantine
+        assert path is not None
+        rows = engine.bad_rows(source, self.config, pseudonymiser, limit=None)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        os.close(fd)
+        try:
+            os.chmod(tmp, 0o600)
+            rows.write_parquet(tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise

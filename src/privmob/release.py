@@ -1,0 +1,220 @@
+"""Stages 8–9 — suppress and release: what may leave the package, and how it is written.
+
+Suppression compares the *noisy* count with the threshold. That is post-processing of a
+DP output and costs nothing; comparing the exact count instead would leak (an attacker
+learns "fewer than N" from an absence).
+
+A release is written atomically: every file goes into a hidden temporary folder beside
+the target, is flushed to disk, and the folder is renamed into place. A crash leaves either
+no release or a whole one, never part of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h3
+import numpy as np
+import numpy.typing as npt
+import polars as pl
+import polars_h3 as plh3
+import pyarrow.parquet as pq
+
+from privmob.errors import ReleaseExistsError, ReleaseWriteError
+
+__all__ = ["RELEASE_FILES", "ReleasedTable", "build_table", "suppress"]
+
+#: The files every release directory holds (signatures and reports add to it later).
+RELEASE_FILES = ("release.parquet", "release.csv", "release.geojson", "manifest.json")
+
+_SCHEMA = {
+    "cell": pl.String,
+    "window_start": pl.Datetime("us", "UTC"),
+    "count": pl.Int64,
+    "ci_low": pl.Int64,
+    "ci_high": pl.Int64,
+}
+
+
+def suppress(noisy: npt.NDArray[np.int64], threshold: int) -> npt.NDArray[np.bool_]:
+    """Mask of keys to publish: noisy count ≥ threshold (never the exact count)."""
+    return noisy >= threshold
+
+
+def build_table(
+    cells: npt.NDArray[np.uint64],
+    windows: npt.NDArray[np.int32],
+    noisy: npt.NDArray[np.int64],
+    *,
+    period_start: dt.datetime,
+    window_seconds: int,
+    ci_halfwidth: int,
+) -> pl.DataFrame:
+    """The public table: H3 cell string, window start (UTC), count and its 95% interval.
+
+    ``ci_low`` is clipped at 0 (a count of persons cannot be negative; clipping is
+    post-processing).
+    """
+    start_us = int(period_start.timestamp()) * 1_000_000
+    frame = pl.DataFrame(
+        {
+            "cell": pl.Series(cells, dtype=pl.UInt64),
+            "window": pl.Series(windows, dtype=pl.Int64),
+            "count": pl.Series(noisy, dtype=pl.Int64),
+        }
+    )
+    return (
+        frame.select(
+            plh3.int_to_str("cell").alias("cell"),
+            (pl.lit(start_us) + pl.col("window") * (window_seconds * 1_000_000))
+            .cast(pl.Datetime("us"))
+            .dt.replace_time_zone("UTC")
+            .alias("window_start"),
+            pl.col("count"),
+            (pl.col("count") - ci_halfwidth).clip(lower_bound=0).alias("ci_low"),
+            (pl.col("count") + ci_halfwidth).alias("ci_high"),
+        )
+        .sort("window_start", "cell")
+        .cast(_SCHEMA)  # type: ignore[arg-type]
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class ReleasedTable:
+    """A differentially private release: the only kind of result privmob hands out.
+
+    Attributes
+    ----------
+    table
+        Polars frame ``cell, window_start, count, ci_low, ci_high``; every ``count`` is a
+        noisy distinct-person count at or above the release threshold.
+    manifest
+        Everything needed to read, trust and reproduce the release's parameters: purpose,
+        operator, budget spent, noise scale, keys, threshold, bounding, input digest.
+    """
+
+    table: pl.DataFrame
+    manifest: Mapping[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        m = self.manifest
+        return (
+            f"ReleasedTable({self.table.height} cells released, "
+            f"{m.get('cells_suppressed', '?')} suppressed, ε={m.get('epsilon')}, "
+            f"mechanism={m.get('mechanism')!r})"
+        )
+
+    def to_geojson(self) -> dict[str, Any]:
+        """Hexagon polygons with their counts, as a GeoJSON FeatureCollection."""
+        features = []
+        for row in self.table.iter_rows(named=True):
+            ring = [[lng, lat] for lat, lng in h3.cell_to_boundary(row["cell"])]
+            ring.append(ring[0])
+            features.append(
+                {
+                    "type": "Feature",
+                    "geometry": {"type": "Polygon", "coordinates": [ring]},
+                    "properties": {
+                        "cell": row["cell"],
+                        "window_start": row["window_start"].isoformat(),
+                        "count": row["count"],
+                        "ci_low": row["ci_low"],
+                        "ci_high": row["ci_high"],
+                        "marking": self.manifest.get("marking"),
+                    },
+                }
+            )
+        return {
+            "type": "FeatureCollection",
+            "privmob": {
+                "release_id": self.manifest.get("release_id"),
+                "marking": self.manifest.get("marking"),
+            },
+            "features": features,
+        }
+
+    def write(self, directory: str | Path) -> Path:
+        """Write ``release.parquet``, ``release.csv``, ``release.geojson`` and
+        ``manifest.json`` into ``directory``, atomically.
+
+        The directory must not already hold a release. Returns its path.
+        """
+        target = Path(directory)
+        if target.exists() and (not target.is_dir() or any(target.iterdir())):
+            raise ReleaseExistsError(
+                f"{target} already exists and is not empty; a release is never overwritten "
+                "silently — choose a new output folder or move the old release away"
+            )
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+        except OSError as exc:
+            raise ReleaseWriteError(
+                f"cannot create the release folder beside {target}: {exc.strerror}; "
+                "nothing was published"
+            ) from exc
+        try:
+            self._write_files(tmp)
+            _fsync_dir(tmp)
+            if target.exists():
+                target.rmdir()
+            os.rename(tmp, target)
+            _fsync_dir(target.parent)
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(exc, FileExistsError) or getattr(exc, "errno", None) == 39:
+                raise ReleaseExistsError(f"{target} was created by another run meanwhile") from exc
+            raise ReleaseWriteError(
+                f"writing the release to {target} failed ({exc.strerror or exc}); "
+                "nothing was published"
+            ) from exc
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return target
+
+    def _write_files(self, folder: Path) -> None:
+        marking = str(self.manifest.get("marking", ""))
+        release_id = str(self.manifest.get("release_id", ""))
+        arrow = self.table.to_arrow()
+        meta = dict(arrow.schema.metadata or {})
+        meta.update({b"privmob.marking": marking.encode(), b"privmob.release_id": release_id.encode()})
+        pq.write_table(arrow.replace_schema_metadata(meta), folder / "release.parquet")
+        csv_text = self.table.with_columns(
+            pl.col("window_start").dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+        ).write_csv()
+        (folder / "release.csv").write_text(csv_text, encoding="utf-8")
+        (folder / "release.geojson").write_text(
+            json.dumps(self.to_geojson(), ensure_ascii=False), encoding="utf-8"
+        )
+        files = {
+            name: hashlib.sha256((folder / name).read_bytes()).hexdigest()
+            for name in RELEASE_FILES if name != "manifest.json"
+        }
+        manifest = {**self.manifest, "files": files}
+        (folder / "manifest.json").write_text(
+            json.dumps(manifest, ensure_ascii=False, indent=2, sort_keys=False) + "\n",
+            encoding="utf-8",
+        )
+        for name in RELEASE_FILES:
+            with (folder / name).open("rb") as fh:
+                os.fsync(fh.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
+    finally:
+        os.close(fd)
