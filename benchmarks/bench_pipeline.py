@@ -1,0 +1,167 @@
+"""Throughput and memory of the release path on a synthetic city day.
+
+Generates N pings with ``privmob.synth`` (cached under benchmarks/data/, never committed),
+then measures, in one run on this machine:
+
+* end to end (Parquet in → release written), in a fresh subprocess for an honest peak RSS;
+* each stage on its own: scan + validate, + H3 index, the exact aggregate (one streaming
+  pass + pseudonymise + bound), the OpenDP noise over all public keys, the write;
+* the floor: a bare "scan → H3 → distinct persons per (cell, window)" query, with no
+  validation, scope, pseudonyms, bounding or noise — what any engine must at least do.
+
+Prints a table with pings/s and ratios, and saves it as JSON under benchmarks/results/.
+
+    python benchmarks/bench_pipeline.py --rows 10_000_000
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import polars_h3 as plh3
+
+import privmob as pm
+from privmob import ingest, scope, synth
+from privmob.backends import get_backend
+from privmob.mechanism import noise_counts
+from privmob.pseudonymise import Pseudonymiser
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+BOUNDARY = REPO / "data-samples" / "beijing_boundary.geojson"
+KEY = "bench-key-" + "0" * 40
+
+
+def dataset(rows: int, seed: int) -> Path:
+    path = HERE / "data" / f"synth-{rows}-s{seed}.parquet"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        persons = max(1, round(rows / synth.expected_rows_per_person_day()))
+        t = time.perf_counter()
+        written = synth.generate_to_parquet(path, persons, 1, seed=seed)
+        print(f"generated {written:,} pings ({persons:,} persons) in "
+              f"{time.perf_counter() - t:.1f} s → {path}", file=sys.stderr)
+    return path
+
+
+def job(resolution: int) -> pm.JobConfig:
+    return pm.JobConfig.from_dict({
+        "job": {"operator": "bench", "period": "2026-11-26", "dataset": "bench"},
+        "grid": {"resolution": resolution, "window": "1h", "boundary": str(BOUNDARY)},
+        "privacy": {"mechanism": "gaussian", "epsilon": 1.0, "max_cells_per_window": 1,
+                    "max_windows": 24},
+    })
+
+
+def timed(fn: Any) -> tuple[float, Any]:
+    t = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t, out
+
+
+def end_to_end_subprocess(path: Path, resolution: int) -> dict[str, float]:
+    """Run plan → release → write in a fresh interpreter; return seconds and peak RSS."""
+    code = f"""
+import json, os, resource, sys, tempfile, time
+sys.path.insert(0, {str(HERE)!r})
+os.environ["PRIVMOB_PSEUDONYM_KEY"] = {KEY!r}
+from bench_pipeline import job
+import privmob as pm
+t = time.perf_counter()
+cfg = job({resolution})
+plan = pm.plan(cfg)
+release = plan.release({str(path)!r})
+with tempfile.TemporaryDirectory() as tmp:
+    release.write(os.path.join(tmp, "release"))
+seconds = time.perf_counter() - t
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({{"seconds": seconds, "peak_rss_mb": rss,
+                   "cells_released": release.manifest["cells_released"]}}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def stages(path: Path, resolution: int) -> dict[str, float]:
+    os.environ["PRIVMOB_PSEUDONYM_KEY"] = KEY
+    cfg = job(resolution)
+    seconds: dict[str, float] = {}
+    seconds["plan (boundary → public keys, calibration)"], plan = timed(lambda: pm.plan(cfg))
+    pings = pm.read_pings(path)
+    schema = pings.schema()
+    start, end = int(cfg.period_start.timestamp()), int(cfg.period_end.timestamp())
+    validated = ingest.validate(pings.scan(), schema, cfg.job.timezone).with_columns(
+        scope.status(cfg.scope.groups, start, end).alias("status"))
+    seconds["scan + validate + scope"], _ = timed(
+        lambda: validated.group_by("status").len().collect(engine="streaming"))
+    seconds["scan + validate + scope + H3 index"], _ = timed(
+        lambda: validated.with_columns(plh3.latlng_to_cell("lat", "lng", resolution).alias("cell"))
+        .group_by("status").agg(pl.col("cell").max()).collect(engine="streaming"))
+    pseudo = Pseudonymiser(KEY.encode(), "2026-11-26")
+    seconds["exact aggregate (all stages to counts)"], exact = timed(
+        lambda: get_backend("polars").exact_cells(pings, cfg, pseudo, plan.key_cells))
+    seconds["noise (OpenDP, all public keys)"], _ = timed(lambda: plan._noise(exact.counts))
+    release = plan.release(pings)
+    with tempfile.TemporaryDirectory() as tmp:
+        seconds["write release"], _ = timed(lambda: release.write(Path(tmp) / "r"))
+    seconds["floor: scan → H3 → n_unique persons per (cell, hour)"], _ = timed(
+        lambda: pl.scan_parquet(path)
+        .select(plh3.latlng_to_cell("lat", "lng", resolution).alias("cell"),
+                (pl.col("ts").dt.epoch("s") // 3600).alias("w"), "person_id")
+        .group_by("cell", "w").agg(pl.col("person_id").n_unique())
+        .collect(engine="streaming"))
+    seconds["_keys"] = float(plan.key_cells.size * cfg.n_windows) if plan.key_cells is not None else 0
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=10_000_000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resolution", type=int, default=8)
+    args = parser.parse_args()
+    path = dataset(args.rows, args.seed)
+    rows = pl.scan_parquet(path).select(pl.len()).collect().item()
+    e2e = end_to_end_subprocess(path, args.resolution)
+    st = stages(path, args.resolution)
+    keys = st.pop("_keys")
+    floor = st["floor: scan → H3 → n_unique persons per (cell, hour)"]
+    exact = st["exact aggregate (all stages to counts)"]
+    print(f"\nprivmob {pm.__version__} · {rows:,} pings · res {args.resolution} · "
+          f"{int(keys):,} public keys · {os.cpu_count()} cores · polars {pl.__version__}\n")
+    print(f"{'measure':58} {'seconds':>8} {'M pings/s':>10} {'× floor':>8}")
+    print(f"{'end to end (subprocess, Parquet → release written)':58} {e2e['seconds']:8.2f} "
+          f"{rows / e2e['seconds'] / 1e6:10.2f} {e2e['seconds'] / floor:8.2f}")
+    for name, sec in st.items():
+        print(f"{name:58} {sec:8.2f} {rows / sec / 1e6:10.2f} {sec / floor:8.2f}")
+    print(f"\npeak RSS end to end: {e2e['peak_rss_mb']:.0f} MB · "
+          f"exact aggregate / floor = {exact / floor:.2f} · "
+          f"noise: {st['noise (OpenDP, all public keys)'] / keys * 1e6:.1f} µs per key")
+    result = {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "privmob": pm.__version__, "polars": pl.__version__, "python": platform.python_version(),
+        "cores": os.cpu_count(), "rows": rows, "resolution": args.resolution, "public_keys": keys,
+        "end_to_end": e2e, "stages_s": st,
+        "self_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+    out = HERE / "results" / f"pipeline-{rows}-{dt.date.today().isoformat()}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"saved {out.relative_to(REPO)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""Shared fixtures: a pseudonymisation key, small hand-made ping frames, job configs."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+
+import privmob as pm
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = REPO / "data-samples"
+SHARED_DATA = REPO.parent / "shared" / "data"
+TEST_KEY = "0123456789abcdef" * 4  # 64 chars; a test-only secret that outputs are scanned for
+PERIOD = dt.date(2026, 11, 26)
+#: 2026-11-26 00:00 in Asia/Shanghai, as epoch seconds.
+PERIOD_START = int(dt.datetime(2026, 11, 26, tzinfo=dt.timezone(dt.timedelta(hours=8))).timestamp())
+
+
+@pytest.fixture
+def key_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Put the test pseudonymisation key in the default environment variable."""
+    monkeypatch.setenv("PRIVMOB_PSEUDONYM_KEY", TEST_KEY)
+    yield TEST_KEY
+
+
+def pings(rows: list[tuple[Any, ...]]) -> pl.DataFrame:
+    """A frame from (person_id, ts, lat, lng, group) tuples; ts as epoch seconds or text."""
+    return pl.DataFrame(
+        rows, schema=["person_id", "ts", "lat", "lng", "group"], orient="row"
+    )
+
+
+def config(**sections: dict[str, Any]) -> pm.JobConfig:
+    """A valid JobConfig for the test period, with per-section overrides."""
+    data: dict[str, dict[str, Any]] = {
+        "job": {"operator": "tester", "period": PERIOD.isoformat()},
+        "privacy": {},
+        "grid": {},
+        "scope": {},
+    }
+    for name, values in sections.items():
+        data.setdefault(name, {}).update(values)
+    return pm.JobConfig.from_dict(data)
+
+
+@pytest.fixture
+def make_config() -> Callable[..., pm.JobConfig]:
+    return config
+
+
+@pytest.fixture
+def sample_boundary() -> Path:
+    return SAMPLES / "beijing_boundary.geojson"
+
+
+@pytest.fixture
+def sample_pings() -> Path:
+    return SAMPLES / "beijing_pings.parquet"
+
+
+def shared_data(*parts: str) -> Path:
+    """A path under ../shared/data, or skip the test with a clear reason when it is absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} is not available (tests that use ../shared/data need it)")
+    return path

@@ -1,0 +1,84 @@
+"""The released noise has the distribution the manifest claims.
+
+OpenDP's samplers draw from the OS's CSPRNG and cannot be seeded, so each test is a
+goodness-of-fit test at a fixed false-alarm rate (ALPHA) over many draws; a control with a
+wrong scale shows each test has the power to fail.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+from scipy import stats
+
+import privmob as pm
+from privmob import mechanism
+from privmob.mechanism import NoiseModel
+from tests.conftest import SAMPLES, config
+
+ALPHA = 1e-4
+DRAWS = 120_000
+
+
+def chi2_pvalue(draws: np.ndarray, model: NoiseModel) -> float:
+    """Chi-square goodness of fit of integer draws against the model's exact pmf."""
+    lo, hi = model.quantile(0.001), model.quantile(0.999)
+    edges = np.arange(lo, hi + 1)
+    observed = np.array(
+        [(draws < lo).sum(), *np.bincount(draws[(draws >= lo) & (draws <= hi)] - lo,
+                                          minlength=hi - lo + 1), (draws > hi).sum()]
+    )
+    expected_p = np.array([1 - model.tail(lo), *[model.tail(e) - model.tail(e + 1) for e in edges],
+                           model.tail(hi + 1)])
+    # Merge sparse bins so every expected count is at least 20.
+    obs, exp, acc_o, acc_e = [], [], 0.0, 0.0
+    for o, e in zip(observed, expected_p * draws.size, strict=True):
+        acc_o, acc_e = acc_o + o, acc_e + e
+        if acc_e >= 20:
+            obs.append(acc_o)
+            exp.append(acc_e)
+            acc_o = acc_e = 0.0
+    obs[-1] += acc_o
+    exp[-1] += acc_e
+    exp_arr = np.array(exp) * (sum(obs) / sum(exp))
+    return float(stats.chisquare(obs, exp_arr).pvalue)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mechanism_name", ["laplace", "gaussian"])
+def test_noise_matches_the_calibrated_distribution(mechanism_name: str) -> None:
+    plan = pm.plan(config(privacy={"mechanism": mechanism_name}))
+    draws = mechanism.noise_counts(plan.noise, np.zeros(DRAWS, dtype=np.int64))
+    assert chi2_pvalue(draws, plan.noise) > ALPHA
+    # The interval the manifest publishes covers the truth ~95% of the time.
+    h = plan.noise.ci_halfwidth(0.95)
+    coverage = float((np.abs(draws) <= h).mean())
+    assert abs(coverage - 0.95) < 4 * np.sqrt(0.95 * 0.05 / DRAWS) + 0.01
+    # Control: the same draws are rejected against a 15% wider distribution.
+    wrong = NoiseModel(plan.noise.mechanism, plan.noise.scale * 1.15, plan.noise.sensitivity,
+                       plan.noise.cost)
+    assert chi2_pvalue(draws, wrong) < ALPHA
+
+
+@pytest.mark.slow
+def test_release_path_adds_noise_of_the_claimed_scale_to_every_public_key(key_env: str) -> None:
+    """Through Plan: exact counts go in, exactly one noise draw per public key comes out."""
+    cfg = config(grid={"boundary": str(SAMPLES / "beijing_boundary.geojson"), "resolution": 6},
+                 privacy={"mechanism": "laplace", "epsilon": 2.0, "max_windows": 24})
+    plan = pm.plan(cfg)
+    assert plan.key_cells is not None
+    rng = np.random.default_rng(7)  # only to place known exact counts, not privacy noise
+    picks = rng.choice(plan.key_cells.size, 50, replace=False)
+    exact = pl.DataFrame({
+        "cell": pl.Series(plan.key_cells[picks], dtype=pl.UInt64),
+        "window": pl.Series(rng.integers(0, 24, 50), dtype=pl.Int32),
+        "count": pl.Series(rng.integers(1, 500, 50), dtype=pl.Int64),
+    }).unique(["cell", "window"])
+    cells, windows, noisy, n_keys, _, _ = plan._noise(exact)
+    assert n_keys == plan.key_cells.size * cfg.n_windows == noisy.size
+    frame = pl.DataFrame({"cell": cells, "window": windows, "noisy": noisy})
+    assert frame.select(pl.struct("cell", "window").n_unique()).item() == n_keys
+    joined = frame.join(exact, on=["cell", "window"], how="left").with_columns(pl.col("count").fill_null(0))
+    residual = (joined["noisy"] - joined["count"]).to_numpy()
+    assert chi2_pvalue(residual, plan.noise) > ALPHA
