@@ -35,7 +35,6 @@ import polars_h3 as plh3
 import privmob as pm
 from privmob import ingest, scope, synth
 from privmob.backends import get_backend
-from privmob.mechanism import noise_counts
 from privmob.pseudonymise import Pseudonymiser
 
 HERE = Path(__file__).resolve().parent

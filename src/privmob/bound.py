@@ -16,12 +16,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-__all__ = ["BoundingStats", "bound", "dwell"]
-
-
-def dwell(minutes: pl.LazyFrame) -> pl.LazyFrame:
-    """Distinct minutes per (pid, window, cell), from a frame of distinct minute rows."""
-    return minutes.group_by("pid", "window", "cell").agg(pl.len().cast(pl.Int64).alias("minutes"))
+__all__ = ["BoundingStats", "bound", "stats"]
 
 
 @dataclass(frozen=True)

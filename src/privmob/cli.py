@@ -141,14 +141,8 @@ def demo(
     if out.exists():  # the demo's own previous output: replace it whole
         shutil.rmtree(out)
     os.replace(staging, out)
-    m = release.manifest
-    _out.print(
-        f"\nreleased {m['cells_released']} of {m['n_keys']:,} cell-windows "
-        f"(rows in {m['rows_in']:,}, out of scope {m['rows_out_of_scope']:,}, "
-        f"persons {m['persons']:,}; bounding kept "
-        f"{m['bounding']['dwell_minutes_kept_share']:.0%} of dwell minutes)",
-        markup=False,
-    )
+    _out.print("\n" + release.explain(), markup=False)
+    _out.print(f"\nwritten to {out}:", markup=False)
     for name in sorted(p.name for p in out.iterdir()):
         _out.print(f"  {out / name}", markup=False)
 

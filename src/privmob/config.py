@@ -311,16 +311,19 @@ class JobConfig:
         >>> cfg.with_overrides(privacy__epsilon=0.5).privacy.epsilon
         0.5
         """
-        updated: dict[str, Any] = {}
+        changes: dict[str, dict[str, Any]] = {}
         for key, value in dotted.items():
             section, _, name = key.partition("__")
             if section not in _SECTIONS or not name:
                 raise ConfigError(f"unknown override {key!r}; use section__field")
-            current = updated.get(section, getattr(self, section))
-            allowed = [f.name for f in dataclasses.fields(current)]
+            allowed = [f.name for f in dataclasses.fields(_SECTIONS[section])]
             _reject_unknown(f"[{section}]", [name], allowed)
-            value = _coerce(section, name, value, None)
-            updated[section] = dataclasses.replace(current, **{name: value})
+            changes.setdefault(section, {})[name] = _coerce(section, name, value, None)
+        # One replace per section, so the combined result is validated, not each step.
+        updated = {
+            section: dataclasses.replace(getattr(self, section), **values)
+            for section, values in changes.items()
+        }
         return dataclasses.replace(self, **updated)
 
     @property
@@ -336,8 +339,8 @@ class JobConfig:
     @property
     def period_end(self) -> dt.datetime:
         """First instant after the period (local midnight ``period_days`` later)."""
-        assert self.job.period is not None
-        end_day = self.job.period + dt.timedelta(days=self.job.period_days)
+        start = self.period_start
+        end_day = start.date() + dt.timedelta(days=self.job.period_days)
         return dt.datetime.combine(end_day, dt.time(), tzinfo=self.job.tz)
 
     @property
@@ -406,6 +409,8 @@ def _coerce(section: str, name: str, value: Any, base_dir: Path | None) -> Any:
     if name in ("epsilon", "delta", "rho", "max_spurious_rate") and isinstance(value, int) \
             and not isinstance(value, bool):
         return float(value)
+    if value is None and (section, name) in _OPTIONAL:
+        return None
     expected = _FIELD_TYPES.get((section, name))
     if expected is not None and (isinstance(value, bool) or not isinstance(value, expected)):
         raise ConfigError(
@@ -414,6 +419,7 @@ def _coerce(section: str, name: str, value: Any, base_dir: Path | None) -> Any:
     return value
 
 
+_OPTIONAL = {("privacy", "rho"), ("scope", "assume_group")}
 _FIELD_TYPES: dict[tuple[str, str], type] = {
     ("job", "purpose"): str,
     ("job", "operator"): str,

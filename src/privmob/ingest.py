@@ -85,7 +85,7 @@ class Pings:
         try:
             return dict(self.scan().collect_schema())
         except (pl.exceptions.ComputeError, OSError, pl.exceptions.PolarsError) as exc:
-            raise InputError(f"{self.describe()} cannot be read: {_first_line(exc)}") from exc
+            raise InputError(f"{self.describe()} cannot be read: {first_line(exc)}") from exc
 
     def sha256(self) -> str:
         """Digest of the input bytes (files) or of an Arrow IPC dump (frames)."""
@@ -284,6 +284,6 @@ def _epoch_seconds(dtype: pl.DataType, timezone: str) -> pl.Expr:
     return pl.coalesce(candidates)
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__

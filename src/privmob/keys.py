@@ -34,7 +34,9 @@ class Boundary:
 
     @property
     def key_label(self) -> str:
-        return f"public:{self.sha256}"
+        """``public:<file sha256>``, plus the feature selection when there is one."""
+        where = "&".join(f"{k}={v}" for k, v in self.where)
+        return f"public:{self.sha256}" + (f"?{where}" if where else "")
 
     def cells(self, resolution: int) -> npt.NDArray[np.uint64]:
         """Sorted H3 cells (as UInt64) overlapping the area at ``resolution``."""
@@ -72,6 +74,8 @@ def load_boundary(path: Path, where: Mapping[str, str] | None = None) -> Boundar
         frame = gpd.read_file(path)
     except Exception as exc:  # pyogrio raises several unrelated types
         raise BoundaryError(f"boundary file {path} is not a readable vector layer: {exc}") from exc
+    if not isinstance(frame, gpd.GeoDataFrame) or "geometry" not in frame.columns:
+        raise BoundaryError(f"boundary file {path} has no geometry: it must hold polygons")
     for prop, value in where.items():
         if prop not in frame.columns:
             raise BoundaryError(

@@ -114,6 +114,26 @@ class ReleasedTable:
             f"mechanism={m.get('mechanism')!r})"
         )
 
+    def explain(self) -> str:
+        """What this release holds and what was lost on the way (bounding, suppression)."""
+        m = self.manifest
+        b = m.get("bounding", {})
+        bad = m.get("rows_bad", {})
+        lines = [
+            f"release {m.get('release_id')} of {m.get('dataset')!r}, period {m.get('key_period')}",
+            f"  input: {m.get('rows_in', 0):,} rows; bad {sum(bad.values()):,}"
+            + (f" ({', '.join(f'{k} {v}' for k, v in bad.items())})" if bad else "")
+            + f"; out of scope {m.get('rows_out_of_scope', 0):,}; out of period "
+            f"{m.get('rows_out_of_period', 0):,}; outside boundary {m.get('rows_outside_boundary', 0):,}",
+            f"  bounding: dropped {b.get('person_cell_windows_dropped_share', 0):.1%} of "
+            f"person-cell-windows, kept {b.get('dwell_minutes_kept_share', 1):.1%} of dwell minutes",
+            f"  released {m.get('cells_released')} cell-windows"
+            + (f" of {m['n_keys']:,} public keys" if m.get("n_keys") else " (threshold keys)")
+            + f"; threshold {m.get('release_threshold')}; each count ± {m.get('ci95_halfwidth')} (95%)",
+            f"  {m.get('mechanism')} noise, ε = {m.get('epsilon')}, δ = {m.get('delta')}",
+        ]
+        return "\n".join(lines)
+
     def to_geojson(self) -> dict[str, Any]:
         """Hexagon polygons with their counts, as a GeoJSON FeatureCollection."""
         features = []

@@ -59,57 +59,50 @@ class PolarsBackend:
     ) -> ExactCounts:
         lf = self._validated(source, config)
         start = int(config.period_start.timestamp())
-        ok = pl.col("status") == scope.OK
-        # Coordinates of rows that are not ok may be garbage (lat 400 still yields a cell):
-        # null them so only validated positions are indexed.
-        minutes = lf.select(
-            pl.col("status"),
-            pl.when(ok).then(pl.col("person_id")).alias("person_id"),
-            pl.when(ok).then(index.window(start, config.grid.window_seconds)).alias("window"),
-            pl.when(ok).then(index.minute()).alias("minute"),
-            pl.when(ok).then(pl.col("lat")).alias("lat"),
-            pl.when(ok).then(pl.col("lng")).alias("lng"),
-        ).with_columns(index.cell(config.grid.resolution).alias("cell")).drop("lat", "lng")
-        try:
-            reduced = (
-                minutes.group_by("status", "person_id", "window", "cell", "minute")
-                .agg(pl.len().cast(pl.Int64).alias("n"))
-                .collect(engine="streaming")
+        status_counts = lf.group_by("status").agg(pl.len().cast(pl.Int64).alias("n"))
+        # Only validated, in-scope, in-period rows are indexed (lat 400 would still get a
+        # cell), and each is reduced at once to dwell minutes per (person, window, cell).
+        dwell_raw = (
+            lf.filter(pl.col("status") == scope.OK)
+            .select(
+                "person_id",
+                index.window(start, config.grid.window_seconds).alias("window"),
+                index.cell(config.grid.resolution).alias("cell"),
+                index.minute().alias("minute"),
             )
+            .group_by("person_id", "window", "cell")
+            .agg(pl.col("minute").n_unique().cast(pl.Int64).alias("minutes"),
+                 pl.len().cast(pl.Int64).alias("n"))
+        )
+        try:
+            counted, dwell_ids = pl.collect_all([status_counts, dwell_raw], engine="streaming")
         except pl.exceptions.PolarsError as exc:
             raise InputError(f"{ingest.read_pings(source).describe()} cannot be read: "
-                             f"{ingest._first_line(exc)}") from exc
+                             f"{ingest.first_line(exc)}") from exc
+        by_status = {str(s): int(n) for s, n in counted.iter_rows()}
         if key_cells is not None:
-            inside = pl.col("cell").is_in(pl.Series(key_cells, dtype=pl.UInt64))
-            reduced = reduced.with_columns(
-                pl.when((pl.col("status") == scope.OK) & ~inside)
-                .then(pl.lit(OUTSIDE_BOUNDARY))
-                .otherwise(pl.col("status"))
-                .alias("status")
-            )
-        by_status = {
-            str(s): int(n)
-            for s, n in reduced.group_by("status").agg(pl.col("n").sum()).iter_rows()
-        }
-        rows_in = sum(by_status.values())
-        good = reduced.filter(pl.col("status") == scope.OK).select(
-            "person_id", "window", "cell", "minute"
-        )
-        persons = good["person_id"].n_unique()
-        distinct_ids = good["person_id"].unique()
+            inside = dwell_ids["cell"].is_in(pl.Series(key_cells, dtype=pl.UInt64))
+            outside = int(dwell_ids.filter(~inside)["n"].sum() or 0)
+            if outside:
+                by_status[scope.OK] -= outside
+                by_status[OUTSIDE_BOUNDARY] = outside
+            dwell_ids = dwell_ids.filter(inside)
+        by_status = {s: n for s, n in by_status.items() if n}
+        distinct_ids = dwell_ids["person_id"].unique()
         mapping = pl.DataFrame(
             {"person_id": distinct_ids, "pid": pseudonymiser.pseudonyms(distinct_ids)}
         )
-        with_pid = good.join(mapping, on="person_id", how="inner").drop("person_id")
-        dwell = bound.dwell(with_pid.lazy()).collect()
+        dwell = dwell_ids.join(mapping, on="person_id", how="inner").select(
+            "pid", "window", "cell", "minutes"
+        )
         kept = bound.bound(
             dwell, config.privacy.max_cells_per_window, config.privacy.max_windows
         )
         return ExactCounts(
             counts=aggregate.cell_counts(kept),
-            rows_in=rows_in,
+            rows_in=sum(by_status.values()),
             rows_by_status=by_status,
-            persons=persons,
+            persons=distinct_ids.len(),
             bounding=bound.stats(dwell, kept),
         )
 
