@@ -156,7 +156,7 @@ def main() -> None:
         "end_to_end": e2e, "stages_s": st,
         "self_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
-    out = HERE / "results" / f"pipeline-{rows}-{dt.date.today().isoformat()}.json"
+    out = HERE / "results" / f"pipeline-{rows}-res{args.resolution}-{dt.date.today().isoformat()}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"saved {out.relative_to(REPO)}")
