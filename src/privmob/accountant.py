@@ -27,7 +27,9 @@ class PrivacyCost:
     """What one release spends: ε and δ, plus ρ when the noise was calibrated under zCDP.
 
     ``epsilon``/``delta`` is always the (ε, δ)-DP guarantee of the whole release; ``rho``
-    is recorded as well for Gaussian releases so a zCDP ledger can compose tightly.
+    is recorded as well for Gaussian releases so a zCDP ledger can compose tightly, and
+    ``rho_delta`` is the δ spent outside zCDP (selecting data-dependent keys), which a ρ
+    budget must still account for.
 
     Examples
     --------
@@ -39,10 +41,12 @@ class PrivacyCost:
     epsilon: Fraction
     delta: Fraction = Fraction(0)
     rho: Fraction | None = None
+    rho_delta: Fraction = Fraction(0)
 
     def __add__(self, other: PrivacyCost) -> PrivacyCost:
         rho = None if self.rho is None or other.rho is None else self.rho + other.rho
-        return PrivacyCost(self.epsilon + other.epsilon, self.delta + other.delta, rho)
+        return PrivacyCost(self.epsilon + other.epsilon, self.delta + other.delta, rho,
+                           self.rho_delta + other.rho_delta)
 
     def fits_within(self, budget: PrivacyCost) -> bool:
         """True when this cost does not exceed ``budget`` in ε and δ."""

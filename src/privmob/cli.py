@@ -23,7 +23,7 @@ from rich.console import Console
 
 from privmob import __version__
 from privmob.config import JobConfig
-from privmob.errors import ConfigError, PrivmobError, ReleaseExistsError
+from privmob.errors import ConfigError, PrivmobError
 from privmob.plan import plan as make_plan
 
 __all__ = ["app", "main"]
@@ -39,6 +39,12 @@ app = typer.Typer(
 )
 keys_app = typer.Typer(help="Make and manage key files.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+budget_app = typer.Typer(help="The privacy budget ledger.", no_args_is_help=True)
+app.add_typer(budget_app, name="budget")
+audit_app = typer.Typer(help="The audit log.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+
+EXIT_VERIFY_FAILED = 1
 
 _err = Console(stderr=True, highlight=False, soft_wrap=True)
 _out = Console(highlight=False, soft_wrap=True)
@@ -102,18 +108,18 @@ def run(
     cfg = _load(job, period)
     if cfg.job.input is None:
         raise ConfigError("[job] input is not set: name the pings file to release from")
-    out = _output_dir(cfg)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ReleaseExistsError(
-            f"{out} already holds a release for this job; a period is released once — "
-            "move it away first if you really mean to release again"
+    if cfg.budget is None:
+        raise ConfigError(
+            "a scheduled release must be accounted: add a [budget] section with ledger = "
+            "\"...sqlite\" and epsilon_per_day (or rho_per_day)"
         )
     p = make_plan(cfg)
-    release = p.release(cfg.job.input)
-    written = release.write(out)
+    release = p.release(cfg.job.input, write_to=_output_dir(cfg))
     m = release.manifest
+    signed = m.get("signature", {}).get("fingerprint")
     _err.print(
-        f"released {m['cells_released']} cells ({m['mechanism']}, ε={m['epsilon']:g}) → {written}",
+        f"released {m['cells_released']} cells ({m['mechanism']}, ε={m['epsilon']:g}) → "
+        f"{_output_dir(cfg)}" + (f"; signed by {signed}" if signed else "; UNSIGNED"),
         markup=False,
     )
 
@@ -125,24 +131,28 @@ def demo(
     """Run the whole path on the bundled synthetic Beijing sample."""
     samples = samples_dir()
     cfg = JobConfig.from_toml(samples / "demo.toml")
-    with tempfile.TemporaryDirectory(prefix="privmob-demo-") as tmp:
-        key_file = Path(tmp) / "demo.key"
-        from privmob.pseudonymise import new_key
-
-        key_file.write_bytes(new_key())
-        key_file.chmod(0o600)
-        cfg = cfg.with_overrides(job__key_file=str(key_file))
-        p = make_plan(cfg)
-        _out.print(p.explain(), markup=False, soft_wrap=True)
-        release = p.release(samples / "beijing_pings.parquet")
     staging = out.with_name(out.name + ".new")
     shutil.rmtree(staging, ignore_errors=True)
-    release.write(staging)
+    with tempfile.TemporaryDirectory(prefix="privmob-demo-") as tmp:
+        from privmob.pseudonymise import new_key
+        from privmob.signing import generate_keypair
+
+        key_file = Path(tmp) / "demo.key"
+        key_file.write_bytes(new_key())
+        key_file.chmod(0o600)
+        signing_key = Path(tmp) / "demo-signing.pem"
+        demo_fingerprint = generate_keypair(signing_key)
+        cfg = cfg.with_overrides(job__key_file=str(key_file), job__signing_key=str(signing_key))
+        p = make_plan(cfg)
+        _out.print(p.explain(), markup=False)
+        release = p.release(samples / "beijing_pings.parquet", write_to=staging)
     if out.exists():  # the demo's own previous output: replace it whole
         shutil.rmtree(out)
     os.replace(staging, out)
     _out.print("\n" + release.explain(), markup=False)
-    _out.print(f"\nwritten to {out}:", markup=False)
+    _out.print(f"\nsigned with a throw-away demo key {demo_fingerprint} "
+               f"(check: privmob verify {out} --fingerprint {demo_fingerprint})", markup=False)
+    _out.print(f"written to {out}:", markup=False)
     for name in sorted(p.name for p in out.iterdir()):
         _out.print(f"  {out / name}", markup=False)
 
@@ -188,6 +198,132 @@ def keys_pseudonym(
         fh.write(new_key() + b"\n")
     _err.print(f"created {path} (mode 0600); keep it apart from the data and the releases",
                markup=False)
+
+
+@keys_app.command("init")
+def keys_init(
+    path: Annotated[Path, typer.Argument(help="Private signing key file to create (mode 0600).")],
+) -> None:
+    """Create an Ed25519 signing key pair for releases (PATH and PATH.pub)."""
+    from privmob.signing import generate_keypair
+
+    fp = generate_keypair(path)
+    _out.print(f"created {path} (private, mode 0600) and {path.with_suffix('.pub')}", markup=False)
+    _out.print(f"public key fingerprint: {fp}", markup=False)
+    _out.print("publish this fingerprint so others can check releases with "
+               "`privmob verify DIR --fingerprint ...`", markup=False)
+
+
+@app.command()
+def verify(
+    directory: Annotated[Path, typer.Argument(help="A release folder.")],
+    public_key: Annotated[Path | None, typer.Option(help="The publisher's public key file.")] = None,
+    fingerprint: Annotated[str | None, typer.Option(help="The publisher's key fingerprint.")] = None,
+) -> None:
+    """Check a release's signature and every file's digest; say exactly what differs."""
+    from privmob.signing import verify_release
+
+    result = verify_release(directory, public_key=public_key, fingerprint=fingerprint)
+    _out.print(result.summary(), markup=False)
+    if not result.ok:
+        raise typer.Exit(EXIT_VERIFY_FAILED)
+
+
+def _ledger_path(ledger: Path | None, job: Path | None) -> Path:
+    if ledger is not None:
+        return ledger
+    if job is not None:
+        cfg = JobConfig.from_toml(job)
+        if cfg.budget is not None:
+            return cfg.budget.ledger
+        raise ConfigError(f"{job} has no [budget] section")
+    raise ConfigError("name the ledger: --ledger PATH or --job JOB.toml")
+
+
+@budget_app.command("show")
+def budget_show(
+    ledger: Annotated[Path | None, typer.Option(help="Ledger file (SQLite).")] = None,
+    job: Annotated[Path | None, typer.Option(help="Take the ledger from this job file.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Spent, pending and remaining budget per dataset and day."""
+    import json
+
+    from rich.table import Table
+
+    from privmob.ledger import Ledger
+
+    path = _ledger_path(ledger, job)
+    if not path.exists():
+        raise ConfigError(f"budget ledger {path} does not exist")
+    rows = Ledger(path).rows()
+    if json_out:
+        _out.print(json.dumps([r.as_dict() for r in rows], indent=2), markup=False)
+        return
+    table = Table(title=f"privacy budget — {path}")
+    for col in ("dataset", "day", "budget", "spent", "pending", "remaining", "δ spent", "releases"):
+        table.add_column(col, justify="left" if col in ("dataset", "day") else "right")
+    for r in rows:
+        name = "ρ" if r.mode == "rho" else "ε"
+        table.add_row(r.dataset, r.day, f"{name} {float(r.limit or 0):g}", f"{float(r.spent):g}",
+                      f"{float(r.pending):g}",
+                      "?" if r.remaining is None else f"{float(r.remaining):g}",
+                      f"{float(r.delta_spent):.3g}", str(r.releases))
+    _out.print(table)
+
+
+@budget_app.command("recover")
+def budget_recover(
+    ledger: Annotated[Path | None, typer.Option(help="Ledger file (SQLite).")] = None,
+    job: Annotated[Path | None, typer.Option(help="Take the ledger from this job file.")] = None,
+) -> None:
+    """Settle reservations of crashed runs as spent (never refunded)."""
+    from privmob.audit import AuditLog
+    from privmob.ledger import Ledger
+
+    path = _ledger_path(ledger, job)
+    led = Ledger(path)
+    settled = led.recover()
+    audit_path = path.with_name(path.name + ".audit.jsonl")
+    if job is not None:
+        cfg = JobConfig.from_toml(job)
+        if cfg.budget is not None:
+            audit_path = cfg.budget.audit_path
+    if settled:
+        AuditLog(audit_path, anchor=led).append("recovered", release_ids=settled,
+                                                reason="reservations of ended processes settled as spent")
+    _out.print(f"settled {len(settled)} reservation(s) as spent", markup=False)
+
+
+@audit_app.command("verify")
+def audit_verify(
+    log: Annotated[Path | None, typer.Option(help="Audit log (JSON lines).")] = None,
+    job: Annotated[Path | None, typer.Option(help="Take the log and ledger from this job file.")] = None,
+    ledger: Annotated[Path | None, typer.Option(help="Ledger holding the log's anchor.")] = None,
+) -> None:
+    """Check the audit log's hash chain; report every edited, removed or missing entry."""
+    from privmob.audit import AuditLog
+    from privmob.ledger import Ledger
+
+    if job is not None:
+        cfg = JobConfig.from_toml(job)
+        if cfg.budget is None:
+            raise ConfigError(f"{job} has no [budget] section")
+        log, ledger = cfg.budget.audit_path, cfg.budget.ledger
+    if log is None:
+        raise ConfigError("name the log: --log PATH or --job JOB.toml")
+    if not log.exists():
+        raise ConfigError(f"audit log {log} does not exist")
+    anchor = Ledger(ledger) if ledger is not None and ledger.exists() else None
+    audit = AuditLog(log, anchor=anchor)
+    problems = audit.verify()
+    if problems:
+        for p in problems:
+            _out.print(str(p), markup=False)
+        _out.print(f"audit log {log}: {len(problems)} problem(s)", markup=False)
+        raise typer.Exit(EXIT_VERIFY_FAILED)
+    _out.print(f"audit log {log}: {len(audit.entries())} entries, chain intact"
+               + ("" if anchor else " (no ledger anchor checked)"), markup=False)
 
 
 def main(argv: list[str] | None = None) -> int:

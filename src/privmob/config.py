@@ -24,6 +24,7 @@ from privmob.errors import ConfigError
 __all__ = [
     "DEFAULT_GROUPS",
     "DEFAULT_MARKING",
+    "BudgetConfig",
     "GridConfig",
     "JobConfig",
     "JobSection",
@@ -100,8 +101,14 @@ class JobSection:
     backend: Backend = "polars"
     allowed_purposes: tuple[str, ...] = DEFAULT_PURPOSES
     marking: str = DEFAULT_MARKING
+    linkage_days: int = 1
+    signing_key: Path | None = None
 
     def __post_init__(self) -> None:
+        if not 1 <= self.linkage_days <= 366:
+            raise ConfigError(
+                "[job] linkage_days must be from 1 (pseudonyms never link across days) to 366"
+            )
         if self.purpose not in self.allowed_purposes:
             raise ConfigError(
                 f"[job] purpose = {self.purpose!r} is not allowed; data collected for "
@@ -229,6 +236,36 @@ class PrivacyConfig:
             raise ConfigError("[privacy] max_spurious_rate must be in (0, 0.5]")
 
 
+@dataclass(frozen=True, kw_only=True)
+class BudgetConfig:
+    """The persistent privacy budget: a ledger file and what each local day may spend.
+
+    Set ``epsilon_per_day`` (releases compose by adding ε and δ) or ``rho_per_day``
+    (zCDP: releases compose by adding ρ, Laplace ones counting ε²/2; ``delta_per_day``
+    then bounds only the δ of key selection).
+    """
+
+    ledger: Path
+    epsilon_per_day: float | None = None
+    delta_per_day: float = 1e-6
+    rho_per_day: float | None = None
+    audit_log: Path | None = None
+
+    def __post_init__(self) -> None:
+        if (self.epsilon_per_day is None) == (self.rho_per_day is None):
+            raise ConfigError("[budget] set exactly one of epsilon_per_day or rho_per_day")
+        for name in ("epsilon_per_day", "rho_per_day"):
+            value = getattr(self, name)
+            if value is not None and (not _finite_positive(value) or value > 100):
+                raise ConfigError(f"[budget] {name} = {value!r} must be a number in (0, 100]")
+        if not _finite_positive(self.delta_per_day) or self.delta_per_day >= 1e-2:
+            raise ConfigError(f"[budget] delta_per_day = {self.delta_per_day!r} must be in (0, 0.01)")
+
+    @property
+    def audit_path(self) -> Path:
+        return self.audit_log or self.ledger.with_name(self.ledger.name + ".audit.jsonl")
+
+
 def _finite_positive(x: object) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) and x > 0
 
@@ -238,9 +275,12 @@ _SECTIONS: dict[str, type[Any]] = {
     "scope": ScopeConfig,
     "grid": GridConfig,
     "privacy": PrivacyConfig,
+    "budget": BudgetConfig,
 }
+_OPTIONAL_SECTIONS = {"budget"}
 _PATH_FIELDS = {("job", "input"), ("job", "output"), ("job", "key_file"), ("job", "quarantine"),
-                ("grid", "boundary")}
+                ("job", "signing_key"), ("grid", "boundary"), ("budget", "ledger"),
+                ("budget", "audit_log")}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -258,6 +298,7 @@ class JobConfig:
     scope: ScopeConfig = field(default_factory=ScopeConfig)
     grid: GridConfig = field(default_factory=GridConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    budget: BudgetConfig | None = None
     source: Path | None = None
 
     @classmethod
@@ -292,6 +333,8 @@ class JobConfig:
             raise ConfigError("the [job] section is required (at least operator and period)")
         sections: dict[str, Any] = {}
         for name, klass in _SECTIONS.items():
+            if name in _OPTIONAL_SECTIONS and name not in data:
+                continue
             raw = data.get(name, {})
             if not isinstance(raw, Mapping):
                 raise ConfigError(f"[{name}] must be a table")
@@ -320,10 +363,16 @@ class JobConfig:
             _reject_unknown(f"[{section}]", [name], allowed)
             changes.setdefault(section, {})[name] = _coerce(section, name, value, None)
         # One replace per section, so the combined result is validated, not each step.
-        updated = {
-            section: dataclasses.replace(getattr(self, section), **values)
-            for section, values in changes.items()
-        }
+        updated: dict[str, Any] = {}
+        for section, values in changes.items():
+            current = getattr(self, section)
+            if current is None:
+                try:
+                    updated[section] = _SECTIONS[section](**values)
+                except TypeError as exc:
+                    raise ConfigError(f"[{section}]: {exc}") from exc
+            else:
+                updated[section] = dataclasses.replace(current, **values)
         return dataclasses.replace(self, **updated)
 
     @property
@@ -372,7 +421,16 @@ class JobConfig:
             name: {f.name: conv(getattr(getattr(self, name), f.name))
                    for f in dataclasses.fields(getattr(self, name))}
             for name in _SECTIONS
+            if getattr(self, name) is not None
         }
+
+    def sha256(self) -> str:
+        """Digest of the effective configuration (for the audit log and manifest)."""
+        import hashlib
+        import json
+
+        text = json.dumps(self.to_dict(), sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _reject_unknown(where: str, keys: Any, allowed: Any) -> None:
@@ -406,7 +464,8 @@ def _coerce(section: str, name: str, value: Any, base_dir: Path | None) -> Any:
         if not isinstance(value, Mapping):
             raise ConfigError("[grid] boundary_where must be a table, e.g. { adcode = \"110000\" }")
         return {str(k): str(v) for k, v in value.items()}
-    if name in ("epsilon", "delta", "rho", "max_spurious_rate") and isinstance(value, int) \
+    if name in ("epsilon", "delta", "rho", "max_spurious_rate", "epsilon_per_day", "delta_per_day",
+                "rho_per_day") and isinstance(value, int) \
             and not isinstance(value, bool):
         return float(value)
     if value is None and (section, name) in _OPTIONAL:
@@ -419,7 +478,8 @@ def _coerce(section: str, name: str, value: Any, base_dir: Path | None) -> Any:
     return value
 
 
-_OPTIONAL = {("privacy", "rho"), ("scope", "assume_group")}
+_OPTIONAL = {("privacy", "rho"), ("scope", "assume_group"), ("budget", "epsilon_per_day"),
+             ("budget", "rho_per_day")}
 _FIELD_TYPES: dict[tuple[str, str], type] = {
     ("job", "purpose"): str,
     ("job", "operator"): str,
@@ -441,4 +501,8 @@ _FIELD_TYPES: dict[tuple[str, str], type] = {
     ("privacy", "max_windows"): int,
     ("privacy", "min_count"): int,
     ("privacy", "max_spurious_rate"): float,
+    ("job", "linkage_days"): int,
+    ("budget", "epsilon_per_day"): float,
+    ("budget", "delta_per_day"): float,
+    ("budget", "rho_per_day"): float,
 }

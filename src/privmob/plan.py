@@ -25,16 +25,19 @@ import polars as pl
 
 from privmob import mechanism
 from privmob._version import __version__
-from privmob.accountant import PrivacyCost
+from privmob.accountant import PrivacyCost, exact
+from privmob.audit import AuditLog
 from privmob.backends import get_backend
 from privmob.config import JobConfig
-from privmob.errors import InputError
-from privmob.ingest import BAD_REASONS, Pings, read_pings
+from privmob.errors import BudgetExceededError, InputError, PrivmobError, ReleaseExistsError
+from privmob.ingest import BAD_REASONS, Pings, first_line, read_pings
 from privmob.keys import Boundary, load_boundary
+from privmob.ledger import Ledger, budget_from
 from privmob.mechanism import NoiseModel, Sensitivity
 from privmob.pseudonymise import Pseudonymiser, load_key
 from privmob.release import ReleasedTable, build_table, suppress
 from privmob.scope import OK, OUT_OF_PERIOD, OUT_OF_SCOPE
+from privmob.signing import SIGNATURE_FILE, fingerprint, load_private_key
 
 __all__ = ["Plan", "plan"]
 
@@ -112,12 +115,9 @@ class Plan:
     @property
     def cost(self) -> PrivacyCost:
         """What a release under this plan spends, at most."""
-        from privmob.accountant import exact
-
         base = self.noise.cost
-        if self.public_keys:
-            return base
-        return PrivacyCost(base.epsilon, base.delta + exact(self.threshold_delta), base.rho)
+        selection = exact(self.threshold_delta)
+        return PrivacyCost(base.epsilon, base.delta + selection, base.rho, selection)
 
     @property
     def key_period(self) -> str:
@@ -220,18 +220,107 @@ class Plan:
         return "\n".join(lines)
 
     # -- running it ----------------------------------------------------------------------
-    def release(self, pings: Any, *, backend: str | None = None) -> ReleasedTable:
+    @property
+    def days(self) -> tuple[str, ...]:
+        """The local days this release covers: the budget is charged on each."""
+        job = self.config.job
+        assert job.period is not None
+        return tuple((job.period + dt.timedelta(days=i)).isoformat() for i in range(job.period_days))
+
+    @property
+    def linkage_label(self) -> str:
+        """Which pseudonym space the release uses: one per ``linkage_days`` block of days."""
+        job = self.config.job
+        assert job.period is not None
+        if job.linkage_days == 1 and job.period_days == 1:
+            return job.period.isoformat()
+        block = (job.period.toordinal() - 1) // job.linkage_days
+        first = dt.date.fromordinal(block * job.linkage_days + 1)
+        return f"{first.isoformat()}+{job.linkage_days}d"
+
+    def ledger(self) -> Ledger | None:
+        """The budget ledger of this job (None when the job has no [budget] section)."""
+        b = self.config.budget
+        return None if b is None else Ledger(b.ledger)
+
+    def audit_log(self) -> AuditLog | None:
+        b = self.config.budget
+        return None if b is None else AuditLog(b.audit_path, anchor=self.ledger())
+
+    def release(self, pings: Any, *, backend: str | None = None,
+                write_to: str | Path | None = None) -> ReleasedTable:
         """Run the job on ``pings`` (a path, a frame or :func:`read_pings` handle).
 
-        Raises a :class:`~privmob.errors.PrivmobError` subclass on bad configuration or
-        input; in that case nothing is released.
+        With a ``[budget]`` section the cost is reserved in the ledger *before* any data is
+        read (an over-budget request is refused, :class:`BudgetExceededError`), committed
+        when the release is out, and returned if the run fails first; every outcome is
+        appended to the audit log. With ``write_to`` the release is written (atomically,
+        signed if ``[job] signing_key`` is set) before the budget is committed, so a failed
+        write publishes nothing and spends nothing.
+
+        Raises a :class:`~privmob.errors.PrivmobError` subclass on bad configuration,
+        input or budget; in that case nothing is released.
         """
+        cfg = self.config
+        release_id = str(uuid.uuid4())
+        out = None if write_to is None else Path(write_to)
+        ledger, audit = self.ledger(), self.audit_log()
+        record = {
+            "release_id": release_id, "dataset": cfg.dataset, "key_period": self.key_period,
+            "operator": cfg.job.operator, "purpose": cfg.job.purpose,
+            "config_sha256": cfg.sha256(), "output": None if out is None else str(out),
+        }
+        try:
+            if out is not None and out.exists() and (not out.is_dir() or any(out.iterdir())):
+                raise ReleaseExistsError(
+                    f"{out} already holds a release; a period is released once — move it away "
+                    "first if you really mean to release again (that spends budget again)"
+                )
+            key = load_key(cfg.job.key_file, cfg.job.key_env)
+            pseudonymiser = Pseudonymiser(key, self.linkage_label)
+            del key
+            signer = None if cfg.job.signing_key is None else load_private_key(cfg.job.signing_key)
+            charge = None
+            if ledger is not None:
+                assert cfg.budget is not None
+                charge = ledger.reserve(
+                    release_id=release_id, dataset=cfg.dataset, days=self.days, cost=self.cost,
+                    budget=budget_from(cfg.budget.epsilon_per_day, cfg.budget.delta_per_day,
+                                       cfg.budget.rho_per_day),
+                    purpose=cfg.job.purpose, operator=cfg.job.operator,
+                    mechanism=self.noise.mechanism,
+                )
+        except PrivmobError as exc:
+            if audit is not None:
+                outcome = "refused" if isinstance(exc, BudgetExceededError) else "failed"
+                audit.append(outcome, **record, reason=f"{type(exc).__name__}: {exc}")
+            raise
+        try:
+            released = self._compute(pings, release_id, pseudonymiser, backend, signer)
+            if out is not None:
+                released.write(out, signing_key=signer)
+        except BaseException as exc:
+            reason = f"{type(exc).__name__}: {first_line(exc)}"
+            if ledger is not None and charge is not None:
+                ledger.cancel(charge, reason)
+            if audit is not None:
+                audit.append("failed", **record, reason=reason, budget="returned")
+            raise
+        if ledger is not None and charge is not None:
+            ledger.commit(charge)
+        if audit is not None:
+            m = released.manifest
+            audit.append("released", **record, input_sha256=m["input_sha256"],
+                         cells_released=m["cells_released"],
+                         cost={k: v for k, v in self.cost.as_dict().items() if k.endswith("_exact")},
+                         days=list(self.days), signed_by=m.get("signature", {}).get("fingerprint"))
+        return released
+
+    def _compute(self, pings: Any, release_id: str, pseudonymiser: Pseudonymiser,
+                 backend: str | None, signer: Any) -> ReleasedTable:
         cfg = self.config
         timings: dict[str, float] = {}
         tick = time.perf_counter()
-        key = load_key(cfg.job.key_file, cfg.job.key_env)
-        pseudonymiser = Pseudonymiser(key, self.key_period)
-        del key
         source = read_pings(Path(pings)) if isinstance(pings, str | os.PathLike) else pings
         engine = get_backend(backend or cfg.job.backend)
         exact = engine.exact_cells(source, cfg, pseudonymiser, self.key_cells)
@@ -251,8 +340,11 @@ class Plan:
             window_seconds=cfg.grid.window_seconds,
             ci_halfwidth=self.noise.ci_halfwidth(0.95),
         )
-        manifest = self._manifest(exact, pseudonymiser, source, table.height, n_keys,
+        manifest = self._manifest(release_id, exact, pseudonymiser, source, table.height, n_keys,
                                   threshold_used, delta_used)
+        if signer is not None:
+            manifest["signature"] = {"algorithm": "Ed25519", "file": SIGNATURE_FILE,
+                                     "fingerprint": fingerprint(signer)}
         manifest["timings_s"] = {k: round(v, 4) for k, v in timings.items()}
         released = ReleasedTable(table=table, manifest=manifest)
         if bad and cfg.job.quarantine is not None:
@@ -285,7 +377,7 @@ class Plan:
         noisy = np.array([v for _, v in items], dtype=np.int64)
         return cells, windows, noisy, None, threshold, delta
 
-    def _manifest(self, exact: Any, pseudonymiser: Pseudonymiser, source: Any,
+    def _manifest(self, release_id: str, exact: Any, pseudonymiser: Pseudonymiser, source: Any,
                   released: int, n_keys: int | None, threshold: int,
                   threshold_delta: float) -> dict[str, Any]:
         cfg, s = self.config, self.summary()
@@ -293,7 +385,7 @@ class Plan:
         input_sha = source.sha256() if isinstance(source, Pings) else None
         return {
             "privmob_version": __version__,
-            "release_id": str(uuid.uuid4()),
+            "release_id": release_id,
             "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "dataset": cfg.dataset,
             "key_period": self.key_period,
@@ -314,8 +406,17 @@ class Plan:
             ),
             "scope": {"groups": list(cfg.scope.groups), "assume_group": cfg.scope.assume_group},
             "pseudonymisation": {
-                "method": "HMAC-SHA256, key derived per key period",
+                "method": "HMAC-SHA256, key derived per linkage period",
+                "linkage_period": self.linkage_label,
+                "linkage_days": cfg.job.linkage_days,
                 "key_id": pseudonymiser.key_id,
+            },
+            "config_sha256": cfg.sha256(),
+            "budget": None if cfg.budget is None else {
+                "days_charged": list(self.days),
+                "epsilon_per_day": cfg.budget.epsilon_per_day,
+                "delta_per_day": cfg.budget.delta_per_day,
+                "rho_per_day": cfg.budget.rho_per_day,
             },
             "resolution": cfg.grid.resolution,
             "window": cfg.grid.window,

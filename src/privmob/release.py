@@ -163,9 +163,10 @@ class ReleasedTable:
             "features": features,
         }
 
-    def write(self, directory: str | Path) -> Path:
+    def write(self, directory: str | Path, *, signing_key: Any | None = None) -> Path:
         """Write ``release.parquet``, ``release.csv``, ``release.geojson`` and
-        ``manifest.json`` into ``directory``, atomically.
+        ``manifest.json`` into ``directory``, atomically; with an Ed25519 ``signing_key``
+        also ``manifest.sig`` and ``signing_key.pub`` (see :mod:`privmob.signing`).
 
         The directory must not already hold a release. Returns its path.
         """
@@ -185,6 +186,10 @@ class ReleasedTable:
             ) from exc
         try:
             self._write_files(tmp)
+            if signing_key is not None:
+                from privmob.signing import write_signature
+
+                write_signature(tmp, signing_key)
             _fsync_dir(tmp)
             if target.exists():
                 target.rmdir()
@@ -213,7 +218,10 @@ class ReleasedTable:
         csv_text = self.table.with_columns(
             pl.col("window_start").dt.strftime("%Y-%m-%dT%H:%M:%SZ")
         ).write_csv()
-        (folder / "release.csv").write_text(csv_text, encoding="utf-8")
+        # The marking travels with the file: one comment line (read it back with
+        # polars.read_csv(..., comment_prefix="#") or pandas' comment="#").
+        header = f"# {marking} · privmob release {release_id}\n"
+        (folder / "release.csv").write_text(header + csv_text, encoding="utf-8")
         (folder / "release.geojson").write_text(
             json.dumps(self.to_geojson(), ensure_ascii=False), encoding="utf-8"
         )

@@ -57,6 +57,9 @@ max_cells_per_window = 1
 max_windows = 8
 min_count = 10
 {privacy}
+[budget]
+ledger = "state/ledger.sqlite"
+epsilon_per_day = 10.0
 """,
         encoding="utf-8",
     )
@@ -66,7 +69,8 @@ min_count = 10
 def test_demo_writes_a_release_with_full_manifest(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == sorted(RELEASE_FILES)
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [*RELEASE_FILES, "manifest.sig", "signing_key.pub"])
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest.keys() >= MANIFEST_KEYS
     assert manifest["cells_released"] == pl.read_parquet(out / "release.parquet").height > 0

@@ -178,10 +178,13 @@ def test_csv_has_the_rows_with_utc_times(tmp_path: Path) -> None:
     rel = _released()
     target = rel.write(tmp_path / "r")
     lines = (target / "release.csv").read_text(encoding="utf-8").splitlines()
-    assert lines[0] == "cell,window_start,count,ci_low,ci_high"
-    assert len(lines) == 1 + rel.table.height
-    assert lines[1].split(",")[1] == "2026-11-25T16:00:00Z"
-    back = pl.read_csv(target / "release.csv", schema_overrides={"cell": pl.String})
+    # First line: the marking as a comment, then a plain CSV.
+    assert lines[0].startswith("# ") and rel.manifest["marking"] in lines[0]
+    assert lines[1] == "cell,window_start,count,ci_low,ci_high"
+    assert len(lines) == 2 + rel.table.height
+    assert lines[2].split(",")[1] == "2026-11-25T16:00:00Z"
+    back = pl.read_csv(target / "release.csv", schema_overrides={"cell": pl.String},
+                       comment_prefix="#")
     assert back["count"].to_list() == rel.table["count"].to_list()
 
 

@@ -81,12 +81,12 @@ class PolarsBackend:
                              f"{ingest.first_line(exc)}") from exc
         by_status = {str(s): int(n) for s, n in counted.iter_rows()}
         if key_cells is not None:
-            inside = dwell_ids["cell"].is_in(pl.Series(key_cells, dtype=pl.UInt64))
-            outside = int(dwell_ids.filter(~inside)["n"].sum() or 0)
+            keys = pl.DataFrame({"cell": pl.Series(key_cells, dtype=pl.UInt64)})
+            outside = int(dwell_ids.join(keys, on="cell", how="anti")["n"].sum() or 0)
             if outside:
                 by_status[scope.OK] -= outside
                 by_status[OUTSIDE_BOUNDARY] = outside
-            dwell_ids = dwell_ids.filter(inside)
+            dwell_ids = dwell_ids.join(keys, on="cell", how="semi")
         by_status = {s: n for s, n in by_status.items() if n}
         distinct_ids = dwell_ids["person_id"].unique()
         mapping = pl.DataFrame(
