@@ -6,7 +6,7 @@ count is a row count. The result is the small *exact* table; it stays private.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import polars as pl
 
@@ -37,6 +37,10 @@ class ExactCounts:
     rows_by_status: dict[str, int]
     persons: int
     bounding: BoundingStats
+    #: PII findings per input column: {column: {kind: rows}} (kinds from privmob.pii).
+    pii: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: Extra input columns (never read into the pipeline) that are identifiers by name.
+    identifier_names: tuple[str, ...] = ()
 
     def __repr__(self) -> str:  # never print exact counts by accident
         return f"ExactCounts(<{self.counts.height} private keys>, rows_in={self.rows_in})"

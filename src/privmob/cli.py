@@ -103,10 +103,12 @@ def explain(
 def run(
     job: Annotated[Path, typer.Argument(help="Job file (TOML).")],
     period: Annotated[str | None, typer.Option(help="Local day YYYY-MM-DD; overrides [job] period.")] = None,
+    from_store: Annotated[bool, typer.Option(
+        "--from-store", help="Start from the working store's positions instead of [job] input.")] = False,
 ) -> None:
     """Run a release job: read the input, release, write the output folder."""
     cfg = _load(job, period)
-    if cfg.job.input is None:
+    if cfg.job.input is None and not from_store:
         raise ConfigError("[job] input is not set: name the pings file to release from")
     if cfg.budget is None:
         raise ConfigError(
@@ -114,7 +116,8 @@ def run(
             "\"...sqlite\" and epsilon_per_day (or rho_per_day)"
         )
     p = make_plan(cfg)
-    release = p.release(cfg.job.input, write_to=_output_dir(cfg))
+    source = p.stored_pings() if from_store else cfg.job.input
+    release = p.release(source, write_to=_output_dir(cfg), store=not from_store)
     m = release.manifest
     signed = m.get("signature", {}).get("fingerprint")
     _err.print(
@@ -324,6 +327,35 @@ def audit_verify(
         raise typer.Exit(EXIT_VERIFY_FAILED)
     _out.print(f"audit log {log}: {len(audit.entries())} entries, chain intact"
                + ("" if anchor else " (no ledger anchor checked)"), markup=False)
+
+
+@app.command()
+def purge(
+    job: Annotated[Path, typer.Argument(help="Job file (TOML) with a [store] section.")],
+    today: Annotated[str | None, typer.Option(help="Treat this date (YYYY-MM-DD) as today.")] = None,
+) -> None:
+    """Delete working-store data older than its retention period (logged in the audit log)."""
+    from privmob.audit import AuditLog
+    from privmob.ledger import Ledger
+
+    cfg = JobConfig.from_toml(job)
+    if cfg.store is None:
+        raise ConfigError(f"{job} has no [store] section: nothing to purge")
+    store = make_plan(cfg).working_store()
+    assert store is not None
+    try:
+        day = dt.date.fromisoformat(today) if today else dt.datetime.now(cfg.job.tz).date()
+    except ValueError as exc:
+        raise ConfigError(f"--today {today!r} is not a date; write YYYY-MM-DD") from exc
+    gone = store.purge(day)
+    if cfg.budget is not None:
+        AuditLog(cfg.budget.audit_path, anchor=Ledger(cfg.budget.ledger)).append(
+            "purged", operator=cfg.job.operator, store=str(cfg.store.path), today=day.isoformat(),
+            retention_days=cfg.store.retention_days,
+            removed=[f"{e.dataset}/{e.period}" for e in gone],
+        )
+    _out.print(f"purged {len(gone)} stored period(s) older than {cfg.store.retention_days} days",
+               markup=False)
 
 
 def main(argv: list[str] | None = None) -> int:

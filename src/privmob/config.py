@@ -30,6 +30,7 @@ __all__ = [
     "JobSection",
     "PrivacyConfig",
     "ScopeConfig",
+    "StoreConfig",
     "parse_duration",
 ]
 
@@ -266,6 +267,19 @@ class BudgetConfig:
         return self.audit_log or self.ledger.with_name(self.ledger.name + ".audit.jsonl")
 
 
+@dataclass(frozen=True, kw_only=True)
+class StoreConfig:
+    """The optional working store of pseudonymised positions (see :mod:`privmob.store`)."""
+
+    path: Path
+    key_file: Path
+    retention_days: int = 14
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.retention_days, int) or not 1 <= self.retention_days <= 366:
+            raise ConfigError("[store] retention_days must be an integer from 1 to 366")
+
+
 def _finite_positive(x: object) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) and x > 0
 
@@ -276,11 +290,12 @@ _SECTIONS: dict[str, type[Any]] = {
     "grid": GridConfig,
     "privacy": PrivacyConfig,
     "budget": BudgetConfig,
+    "store": StoreConfig,
 }
-_OPTIONAL_SECTIONS = {"budget"}
+_OPTIONAL_SECTIONS = {"budget", "store"}
 _PATH_FIELDS = {("job", "input"), ("job", "output"), ("job", "key_file"), ("job", "quarantine"),
                 ("job", "signing_key"), ("grid", "boundary"), ("budget", "ledger"),
-                ("budget", "audit_log")}
+                ("budget", "audit_log"), ("store", "path"), ("store", "key_file")}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -299,7 +314,14 @@ class JobConfig:
     grid: GridConfig = field(default_factory=GridConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     budget: BudgetConfig | None = None
+    store: StoreConfig | None = None
     source: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.store is not None and self.budget is None:
+            raise ConfigError(
+                "[store] needs a [budget] section: every store purge goes to its audit log"
+            )
 
     @classmethod
     def from_toml(cls, path: str | Path) -> JobConfig:
@@ -502,6 +524,7 @@ _FIELD_TYPES: dict[tuple[str, str], type] = {
     ("privacy", "min_count"): int,
     ("privacy", "max_spurious_rate"): float,
     ("job", "linkage_days"): int,
+    ("store", "retention_days"): int,
     ("budget", "epsilon_per_day"): float,
     ("budget", "delta_per_day"): float,
     ("budget", "rho_per_day"): float,

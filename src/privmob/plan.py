@@ -23,13 +23,19 @@ import numpy as np
 import numpy.typing as npt
 import polars as pl
 
-from privmob import mechanism
+from privmob import mechanism, pii
 from privmob._version import __version__
 from privmob.accountant import PrivacyCost, exact
 from privmob.audit import AuditLog
 from privmob.backends import get_backend
 from privmob.config import JobConfig
-from privmob.errors import BudgetExceededError, InputError, PrivmobError, ReleaseExistsError
+from privmob.errors import (
+    BudgetExceededError,
+    ConfigError,
+    InputError,
+    PrivmobError,
+    ReleaseExistsError,
+)
 from privmob.ingest import BAD_REASONS, Pings, first_line, read_pings
 from privmob.keys import Boundary, load_boundary
 from privmob.ledger import Ledger, budget_from
@@ -38,10 +44,13 @@ from privmob.pseudonymise import Pseudonymiser, load_key
 from privmob.release import ReleasedTable, build_table, suppress
 from privmob.scope import OK, OUT_OF_PERIOD, OUT_OF_SCOPE
 from privmob.signing import SIGNATURE_FILE, fingerprint, load_private_key
+from privmob.store import WorkingStore
 
 __all__ = ["Plan", "plan"]
 
-STAGES = ("ingest", "scope", "pseudonymise", "index", "bound", "aggregate")
+STAGES = ("ingest", "pii-scan", "scope", "pseudonymise", "index", "bound", "aggregate")
+#: Input columns whose values travel on (only group: the rest are parsed or hashed).
+KEPT_COLUMNS = ("group",)
 
 
 def plan(config: JobConfig) -> Plan:
@@ -243,12 +252,26 @@ class Plan:
         b = self.config.budget
         return None if b is None else Ledger(b.ledger)
 
+    def working_store(self) -> WorkingStore | None:
+        """The encrypted working store of this job (None when the job has no [store])."""
+        st = self.config.store
+        if st is None:
+            return None
+        return WorkingStore(st.path, load_key(st.key_file, "PRIVMOB_STORE_KEY"), st.retention_days)
+
+    def stored_pings(self) -> Pings:
+        """This period's pseudonymised positions from the working store, as a pings source."""
+        store = self.working_store()
+        if store is None:
+            raise ConfigError("this job has no [store] section: there is no working store to read")
+        return read_pings(store.get(self.config.dataset, self.key_period))
+
     def audit_log(self) -> AuditLog | None:
         b = self.config.budget
         return None if b is None else AuditLog(b.audit_path, anchor=self.ledger())
 
     def release(self, pings: Any, *, backend: str | None = None,
-                write_to: str | Path | None = None) -> ReleasedTable:
+                write_to: str | Path | None = None, store: bool = True) -> ReleasedTable:
         """Run the job on ``pings`` (a path, a frame or :func:`read_pings` handle).
 
         With a ``[budget]`` section the cost is reserved in the ledger *before* any data is
@@ -256,7 +279,8 @@ class Plan:
         when the release is out, and returned if the run fails first; every outcome is
         appended to the audit log. With ``write_to`` the release is written (atomically,
         signed if ``[job] signing_key`` is set) before the budget is committed, so a failed
-        write publishes nothing and spends nothing.
+        write publishes nothing and spends nothing. With a ``[store]`` section (and ``store``
+        true) the period's pseudonymised positions are kept, encrypted, for later runs.
 
         Raises a :class:`~privmob.errors.PrivmobError` subclass on bad configuration,
         input or budget; in that case nothing is released.
@@ -280,6 +304,7 @@ class Plan:
             pseudonymiser = Pseudonymiser(key, self.linkage_label)
             del key
             signer = None if cfg.job.signing_key is None else load_private_key(cfg.job.signing_key)
+            working = self.working_store() if store else None
             charge = None
             if ledger is not None:
                 assert cfg.budget is not None
@@ -297,6 +322,11 @@ class Plan:
             raise
         try:
             released = self._compute(pings, release_id, pseudonymiser, backend, signer)
+            if working is not None:
+                source = read_pings(Path(pings)) if isinstance(pings, str | os.PathLike) else pings
+                engine = get_backend(backend or cfg.job.backend)
+                working.put(cfg.dataset, self.key_period,
+                            engine.positions(source, cfg, pseudonymiser))
             if out is not None:
                 released.write(out, signing_key=signer)
         except BaseException as exc:
@@ -313,7 +343,8 @@ class Plan:
             audit.append("released", **record, input_sha256=m["input_sha256"],
                          cells_released=m["cells_released"],
                          cost={k: v for k, v in self.cost.as_dict().items() if k.endswith("_exact")},
-                         days=list(self.days), signed_by=m.get("signature", {}).get("fingerprint"))
+                         days=list(self.days), signed_by=m.get("signature", {}).get("fingerprint"),
+                         stored=working is not None)
         return released
 
     def _compute(self, pings: Any, release_id: str, pseudonymiser: Pseudonymiser,
@@ -326,6 +357,12 @@ class Plan:
         exact = engine.exact_cells(source, cfg, pseudonymiser, self.key_cells)
         timings["exact"] = time.perf_counter() - tick
 
+        kept_pii = {c: k for c, k in exact.pii.items() if c in KEPT_COLUMNS}
+        if kept_pii:
+            raise InputError(
+                f"identifiers found in a column privmob keeps: {pii.describe(kept_pii)}; "
+                "remove them from the input (the values are not shown here)"
+            )
         bad = {r: n for r, n in exact.rows_by_status.items() if r in BAD_REASONS}
         if bad and cfg.job.on_bad_rows == "fail":
             raise InputError(self._bad_rows_message(engine, source, pseudonymiser, bad))
@@ -399,6 +436,8 @@ class Plan:
             "rows_out_of_period": by_status.get(OUT_OF_PERIOD, 0),
             "rows_outside_boundary": by_status.get("outside_boundary", 0),
             "rows_used": by_status.get(OK, 0),
+            "identifier_columns_dropped": sorted(
+                {c for c in exact.pii if c not in KEPT_COLUMNS} | set(exact.identifier_names)),
             "persons": exact.persons,
             "exact_fields_note": (
                 "rows_* and persons describe the input for the operator; they are exact, "

@@ -154,3 +154,36 @@ pm.plan(cfg).release(cfg.job.input, write_to={str(tmp_path / 'out' / '2026-11-26
     assert main(["run", str(make_job(tmp_path, epsilon=0.1, output="again/{period}",
                                      signed=False))]) == 3
     assert AuditLog(tmp_path / "state" / "ledger.sqlite.audit.jsonl", anchor=ledger).verify() == []
+
+
+def test_working_store_rerun_and_purge(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store_key = tmp_path / "store.key"
+    store_key.write_text("k" * 64)
+    store_key.chmod(0o600)
+    job = make_job(tmp_path, epsilon=1.0, per_day=5.0, signed=False)
+    job.write_text(job.read_text() + '\n[store]\npath = "state/store"\nkey_file = "store.key"\n')
+    assert main(["run", str(job)]) == 0
+    stored = tmp_path / "state" / "store" / "beijing__2026-11-26.pmws"
+    assert stored.exists()
+    assert b"P000" not in stored.read_bytes()  # neither raw ids nor plaintext Parquet
+    first = json.loads((tmp_path / "out" / "2026-11-26" / "manifest.json").read_text())
+    shutil.move(tmp_path / "out", tmp_path / "first")
+    assert main(["run", str(job), "--from-store"]) == 0
+    second = json.loads((tmp_path / "out" / "2026-11-26" / "manifest.json").read_text())
+    assert second["persons"] == first["persons"]
+    assert second["bounding"]["dwell_minutes"] == first["bounding"]["dwell_minutes"]
+    assert second["rows_out_of_scope"] == 0  # the store only holds in-scope rows
+    capsys.readouterr()
+    assert main(["purge", str(job), "--today", "2026-12-09"]) == 0  # 13 days later: kept
+    assert stored.exists()
+    assert main(["purge", str(job), "--today", "2026-12-11"]) == 0  # 15 days later: gone
+    assert not stored.exists()
+    audit = AuditLog(tmp_path / "state" / "ledger.sqlite.audit.jsonl",
+                     anchor=Ledger(tmp_path / "state" / "ledger.sqlite"))
+    events = audit.entries()
+    assert [e["event"] for e in events] == ["released", "released", "purged", "purged"]
+    assert events[0]["stored"] is True and events[1]["stored"] is False
+    assert events[-1]["removed"] == ["beijing/2026-11-26"]
+    assert audit.verify() == []
+    assert main(["run", str(job), "--from-store", "--period", "2026-11-26"]) == 2
+    assert "purged" in capsys.readouterr().err

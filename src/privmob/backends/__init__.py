@@ -48,6 +48,12 @@ class Backend(Protocol):
         """Bad rows with row number, reason and pseudonymised id (never the raw id)."""
         ...
 
+    def positions(self, source: Any, config: JobConfig, pseudonymiser: Pseudonymiser) -> pl.DataFrame:
+        """Validated, in-scope, in-period fixes (exact duplicates dropped), ids pseudonymised
+        (``person_id`` = hex pseudonym, ``ts`` epoch seconds, ``lat``, ``lng``, ``group``):
+        what the working store keeps."""
+        ...
+
 
 def get_backend(name: str) -> Backend:
     """The backend called ``name``; optional engines are imported only when asked for."""

@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 import polars as pl
 
-from privmob import aggregate, bound, index, ingest, scope
+from privmob import aggregate, bound, index, ingest, pii, scope
 from privmob.aggregate import ExactCounts
 from privmob.config import JobConfig
 from privmob.errors import InputError
@@ -59,7 +59,11 @@ class PolarsBackend:
     ) -> ExactCounts:
         lf = self._validated(source, config)
         start = int(config.period_start.timestamp())
-        status_counts = lf.group_by("status").agg(pl.len().cast(pl.Int64).alias("n"))
+        raw_schema = ingest.read_pings(source).schema()
+        extras = [c for c in raw_schema if c not in ingest.REQUIRED_COLUMNS]
+        # Per (status, group): the row counts, and — group being low-cardinality — the
+        # values the PII scan checks without a pass of its own.
+        status_counts = lf.group_by("status", "group").agg(pl.len().cast(pl.Int64).alias("n"))
         # Only validated, in-scope, in-period rows are indexed (lat 400 would still get a
         # cell), and each is reduced at once to dwell minutes per (person, window, cell).
         dwell_raw = (
@@ -74,11 +78,25 @@ class PolarsBackend:
             .agg(pl.col("minute").n_unique().cast(pl.Int64).alias("minutes"),
                  pl.len().cast(pl.Int64).alias("n"))
         )
+        queries = [status_counts, dwell_raw]
+        if extras:  # dropped columns are read only to learn whether they held identifiers
+            queries.append(ingest.read_pings(source).scan().select(pii.scan_exprs(extras)))
         try:
-            counted, dwell_ids = pl.collect_all([status_counts, dwell_raw], engine="streaming")
+            counted, dwell_ids, *extra_scan = pl.collect_all(queries, engine="streaming")
         except pl.exceptions.PolarsError as exc:
             raise InputError(f"{ingest.read_pings(source).describe()} cannot be read: "
                              f"{ingest.first_line(exc)}") from exc
+        found: dict[str, dict[str, int]] = {}
+        if "group" in raw_schema:
+            weighted = counted.select(
+                [(pii_expr(pl.col("group")).cast(pl.Int64) * pl.col("n")).sum().alias(f"pii:group:{kind}")
+                 for kind, pii_expr in (("resident_id", pii.resident_id), ("mobile", pii.mobile),
+                                        ("email", pii.email))]
+            )
+            found.update(pii.counts_from_row(weighted.row(0, named=True)))
+        if extra_scan:
+            found.update(pii.counts_from_row(extra_scan[0].row(0, named=True)))
+        counted = counted.group_by("status").agg(pl.col("n").sum())
         by_status = {str(s): int(n) for s, n in counted.iter_rows()}
         if key_cells is not None:
             keys = pl.DataFrame({"cell": pl.Series(key_cells, dtype=pl.UInt64)})
@@ -104,6 +122,24 @@ class PolarsBackend:
             rows_by_status=by_status,
             persons=distinct_ids.len(),
             bounding=bound.stats(dwell, kept),
+            pii=found,
+            identifier_names=tuple(pii.identifier_by_name(extras)),
+        )
+
+    def positions(self, source: Any, config: JobConfig, pseudonymiser: Pseudonymiser) -> pl.DataFrame:
+        lf = self._validated(source, config)
+        fixes = (
+            lf.filter(pl.col("status") == scope.OK)
+            .select("person_id", "t", "lat", "lng", "group")
+            .unique()
+            .collect(engine="streaming")
+        )
+        ids = fixes["person_id"].unique()
+        mapping = pl.DataFrame({"person_id": ids, "pseudonym": pseudonymiser.hex(ids)})
+        return (
+            fixes.join(mapping, on="person_id", how="inner")
+            .select(pl.col("pseudonym").alias("person_id"), pl.col("t").alias("ts"), "lat", "lng", "group")
+            .sort("person_id", "ts")
         )
 
     def bad_rows(
