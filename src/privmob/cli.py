@@ -273,6 +273,10 @@ def budget_show(
                       "?" if r.remaining is None else f"{float(r.remaining):g}",
                       f"{float(r.delta_spent):.3g}", str(r.releases))
     _out.print(table)
+    if any(r.mode == "rho" for r in rows):
+        _out.print("ρ budgets: spent ρ as (ε, δ) by OpenDP's conversion — "
+                   + ", ".join(f"{r.day}: ε ≈ {r.epsilon_equivalent():.3g}" for r in rows
+                               if r.mode == "rho"), markup=False)
 
 
 @budget_app.command("recover")

@@ -134,11 +134,24 @@ class SpentRow:
     def remaining(self) -> Fraction | None:
         return None if self.limit is None else self.limit - self.spent - self.pending
 
+    def epsilon_equivalent(self) -> float | None:
+        """For a ρ budget: the ε that the spent ρ amounts to at ``delta_limit``, by OpenDP's
+        zCDP → (ε, δ) conversion (the same one used to calibrate Gaussian noise)."""
+        if self.mode != "rho" or self.delta_limit is None:
+            return None
+        spent = self.spent + self.pending
+        if spent == 0:
+            return 0.0
+        from privmob.mechanism import rho_to_epsilon
+
+        return rho_to_epsilon(float(spent), float(self.delta_limit))
+
     def as_dict(self) -> dict[str, Any]:
         def f(x: Fraction | None) -> float | None:
             return None if x is None else float(x)
 
         return {
+            "epsilon_equivalent": self.epsilon_equivalent(),
             "dataset": self.dataset, "day": self.day, "mode": self.mode,
             "spent": f(self.spent), "pending": f(self.pending), "limit": f(self.limit),
             "remaining": f(self.remaining), "delta_spent": f(self.delta_spent),

@@ -177,12 +177,13 @@ def calibrate(privacy: PrivacyConfig, sensitivity: Sensitivity, *,
     scale = sensitivity.l2 / math.sqrt(2 * rho)
     probe = NoiseModel("gaussian", scale, sensitivity, PrivacyCost(eps))
     rho_spent = float(probe.measurement().map(sensitivity.l2))
-    epsilon = eps if privacy.rho is None else exact(_rho_to_epsilon(rho_spent, delta_conv))
+    epsilon = eps if privacy.rho is None else exact(rho_to_epsilon(rho_spent, delta_conv))
     cost = PrivacyCost(epsilon, exact(delta_conv), Fraction(repr(rho_spent)))
     return NoiseModel("gaussian", scale, sensitivity, cost)
 
 
-def _rho_to_epsilon(rho: float, delta: float) -> float:
+def rho_to_epsilon(rho: float, delta: float) -> float:
+    """The ε of ρ-zCDP at ``delta``, by OpenDP's conversion."""
     dp = _dp()
     meas = dp.m.make_gaussian(dp.atom_domain(T=float, nan=False), dp.absolute_distance(T=float),
                               scale=1 / math.sqrt(2 * rho))

@@ -187,3 +187,31 @@ def test_working_store_rerun_and_purge(tmp_path: Path, capsys: pytest.CaptureFix
     assert audit.verify() == []
     assert main(["run", str(job), "--from-store", "--period", "2026-11-26"]) == 2
     assert "purged" in capsys.readouterr().err
+
+
+def test_no_secret_reaches_any_output_log_or_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Pseudonymisation, signing and store keys never appear in files, logs, or messages."""
+    store_key = tmp_path / "store.key"
+    store_key.write_text("S" * 64)
+    store_key.chmod(0o600)
+    job = make_job(tmp_path, epsilon=1.0, per_day=3.0,
+                   input_path=SAMPLES / "beijing_pings_dirty.csv.gz")
+    job.write_text(job.read_text().replace(
+        'dataset = "beijing"', 'dataset = "beijing"\nquarantine = "state/bad.parquet"')
+        + '\n[store]\npath = "state/store"\nkey_file = "store.key"\n')
+    assert main(["run", str(job)]) == 0
+    assert main(["run", str(job)]) == 2  # refused: the release exists
+    assert main(["budget", "show", "--job", str(job)]) == 0
+    assert main(["audit", "verify", "--job", str(job)]) == 0
+    (tmp_path / "pseudonym.key").chmod(0o644)
+    assert main(["run", str(job), "--period", "2026-11-27"]) == 2  # key refused
+    captured = capsys.readouterr()
+    signing_pem = (tmp_path / "signing.pem").read_text()
+    secrets = [TEST_KEY, "S" * 64, *[line for line in signing_pem.splitlines() if "-----" not in line]]
+    blobs = {"stdout": captured.out, "stderr": captured.err}
+    for path in tmp_path.rglob("*"):
+        if path.is_file() and path.name not in ("pseudonym.key", "store.key", "signing.pem"):
+            blobs[str(path)] = path.read_bytes().decode("latin-1")
+    leaks = [(where, s[:6]) for where, blob in blobs.items() for s in secrets if s in blob]
+    assert leaks == []
+    assert len(blobs) > 10  # release files, ledger, audit log, quarantine, store, keys.pub
