@@ -189,7 +189,9 @@ def test_working_store_rerun_and_purge(tmp_path: Path, capsys: pytest.CaptureFix
     assert "purged" in capsys.readouterr().err
 
 
-def test_no_secret_reaches_any_output_log_or_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_no_secret_reaches_any_output_log_or_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Pseudonymisation, signing and store keys never appear in files, logs, or messages."""
     store_key = tmp_path / "store.key"
     store_key.write_text("S" * 64)
