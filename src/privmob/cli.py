@@ -24,6 +24,7 @@ from rich.console import Console
 from privmob import __version__
 from privmob.config import JobConfig
 from privmob.errors import ConfigError, PrivmobError
+from privmob.plan import Plan
 from privmob.plan import plan as make_plan
 
 __all__ = ["app", "main"]
@@ -99,14 +100,69 @@ def explain(
     _out.print(make_plan(_load(job, period)).explain(), markup=False)
 
 
+class _Reporter:
+    """Stage progress for humans (a spinner on a terminal) or machines (JSON lines)."""
+
+    def __init__(self, log_format: str, quiet: bool) -> None:
+        self.json = log_format == "json"
+        self.quiet = quiet
+        self.live = None
+        if not quiet and not self.json and _err.is_terminal:
+            self.live = _err.status("starting", spinner="dots")
+            self.live.start()
+
+    def emit(self, event: str, **fields: object) -> None:
+        if self.quiet:
+            return
+        if self.json:
+            import json
+
+            line = {"time": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
+                    "event": event, **fields}
+            sys.stderr.write(json.dumps(line, ensure_ascii=False, default=str) + "\n")
+        elif self.live is not None:
+            self.live.update(f"{event}: {fields.get('stage', '')}".rstrip(": "))
+        else:
+            extra = " ".join(f"{k}={v}" for k, v in fields.items())
+            _err.print(f"{dt.datetime.now().astimezone():%H:%M:%S} {event} {extra}".rstrip(), markup=False)
+
+    def stage(self, name: str) -> None:
+        self.emit("stage", stage=name)
+
+    def close(self) -> None:
+        if self.live is not None:
+            self.live.stop()
+
+
+def _next_free(out: Path) -> Path:
+    n = 2
+    while True:
+        candidate = out.with_name(f"{out.name}.{n}")
+        if not candidate.exists():
+            return candidate
+        n += 1
+
+
 @app.command()
 def run(
     job: Annotated[Path, typer.Argument(help="Job file (TOML).")],
     period: Annotated[str | None, typer.Option(help="Local day YYYY-MM-DD; overrides [job] period.")] = None,
     from_store: Annotated[bool, typer.Option(
         "--from-store", help="Start from the working store's positions instead of [job] input.")] = False,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run",
+        help="Check config, input schema, keys and budget; print the plan; release nothing.")] = False,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Release a period again (spends budget again; recorded in the audit log).")] = False,
+    log_format: Annotated[str, typer.Option(help="Progress on stderr: 'text' or 'json' lines.")] = "text",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
 ) -> None:
-    """Run a release job: read the input, release, write the output folder."""
+    """Run a release job: read the input, release, write the output folder.
+
+    This is what cron or a systemd timer calls (see README "Scheduling").
+    """
+    if log_format not in ("text", "json"):
+        raise ConfigError("--log-format must be 'text' or 'json'")
     cfg = _load(job, period)
     if cfg.job.input is None and not from_store:
         raise ConfigError("[job] input is not set: name the pings file to release from")
@@ -116,15 +172,76 @@ def run(
             "\"...sqlite\" and epsilon_per_day (or rho_per_day)"
         )
     p = make_plan(cfg)
-    source = p.stored_pings() if from_store else cfg.job.input
-    release = p.release(source, write_to=_output_dir(cfg), store=not from_store)
+    if dry_run:
+        _dry_run(p, from_store)
+        return
+    out = _output_dir(cfg)
+    if force and out.exists():
+        out = _next_free(out)
+    reporter = _Reporter(log_format, quiet)
+    try:
+        reporter.emit("start", job=str(job), dataset=cfg.dataset, period=p.key_period,
+                      operator=cfg.job.operator)
+        source = p.stored_pings() if from_store else cfg.job.input
+        release = p.release(source, write_to=out, store=not from_store, force=force,
+                            progress=reporter.stage)
+    except PrivmobError as exc:
+        if reporter.json:  # text mode: the one `error:` line main() prints says it
+            reporter.emit("refused" if exc.exit_code == 3 else "failed", reason=str(exc))
+        raise
+    finally:
+        reporter.close()
     m = release.manifest
     signed = m.get("signature", {}).get("fingerprint")
-    _err.print(
-        f"released {m['cells_released']} cells ({m['mechanism']}, ε={m['epsilon']:g}) → "
-        f"{_output_dir(cfg)}" + (f"; signed by {signed}" if signed else "; UNSIGNED"),
-        markup=False,
-    )
+    reporter.emit("released", release_id=m["release_id"], cells=m["cells_released"],
+                  epsilon=m["epsilon"], output=str(out), signed_by=signed or "UNSIGNED")
+    if not quiet and log_format == "text":
+        _err.print(
+            f"released {m['cells_released']} cells ({m['mechanism']}, ε={m['epsilon']:g}) → {out}"
+            + (f"; signed by {signed}" if signed else "; UNSIGNED"),
+            markup=False,
+        )
+
+
+def _dry_run(p: Plan, from_store: bool) -> None:
+    """Everything `run` checks before reading data, and the input's schema; spends nothing."""
+    from privmob.ingest import read_pings, require_columns
+    from privmob.pseudonymise import load_key
+    from privmob.signing import fingerprint, load_private_key
+
+    cfg = p.config
+    _out.print(p.explain(), markup=False)
+    load_key(cfg.job.key_file, cfg.job.key_env)
+    lines = ["dry run — nothing read beyond the input's schema, nothing charged:",
+             "  pseudonymisation key: ok"]
+    if cfg.job.signing_key is not None:
+        lines.append(f"  signing key: ok ({fingerprint(load_private_key(cfg.job.signing_key))})")
+    else:
+        lines.append("  signing key: none — the release will be UNSIGNED")
+    if from_store:
+        store = p.working_store()
+        assert store is not None
+        names = [f"{e.dataset}/{e.period}" for e in store.entries()]
+        present = f"{cfg.dataset}/{p.key_period}" in names
+        has = "has" if present else "does NOT have"
+        lines.append(f"  working store: {has} {cfg.dataset}/{p.key_period}")
+    else:
+        assert cfg.job.input is not None
+        schema = read_pings(cfg.job.input).schema()
+        require_columns(schema, group_optional=cfg.scope.assume_group is not None)
+        lines.append(f"  input schema: ok ({', '.join(f'{k}: {v}' for k, v in schema.items())})")
+    ledger, budget = p.ledger(), p.budget()
+    assert ledger is not None
+    assert budget is not None
+    fits = ledger.check(dataset=cfg.dataset, days=p.days, cost=p.cost, budget=budget)
+    name = "ρ" if budget.mode == "rho" else "ε"
+    need = budget.charge_of(p.cost)[0]
+    for day, left, _left_delta, ok in fits:
+        lines.append(f"  budget {day}: needs {name} {float(need):g}, {float(left):g} left → "
+                     + ("would be released" if ok else "WOULD BE REFUSED"))
+    _out.print("\n".join(lines), markup=False)
+    if not all(ok for *_, ok in fits):
+        raise typer.Exit(3)
 
 
 @app.command()

@@ -446,12 +446,19 @@ class JobConfig:
             if getattr(self, name) is not None
         }
 
-    def sha256(self) -> str:
-        """Digest of the effective configuration (for the audit log and manifest)."""
+    def sha256(self, *, ignore_output: bool = False) -> str:
+        """Digest of the effective configuration (for the audit log and manifest).
+
+        With ``ignore_output`` the output folder is left out: two runs that differ only in
+        where they write are the same release (the ledger's double-release guard uses it).
+        """
         import hashlib
         import json
 
-        text = json.dumps(self.to_dict(), sort_keys=True, ensure_ascii=False)
+        data = self.to_dict()
+        if ignore_output:
+            data["job"].pop("output", None)
+        text = json.dumps(data, sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(text.encode()).hexdigest()
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from privmob.accountant import PrivacyCost, exact
-from privmob.errors import BudgetExceededError, ConfigError
+from privmob.errors import BudgetExceededError, ConfigError, ReleaseExistsError
 
 __all__ = ["Budget", "Charge", "Ledger", "SpentRow"]
 
@@ -44,6 +44,7 @@ CREATE TABLE IF NOT EXISTS charges (
     delta       TEXT NOT NULL,
     rho         TEXT,
     rho_delta   TEXT NOT NULL,
+    config_sha256 TEXT NOT NULL DEFAULT '',
     state       TEXT NOT NULL CHECK (state IN ('reserved', 'committed', 'cancelled', 'recovered')),
     purpose     TEXT NOT NULL,
     operator    TEXT NOT NULL,
@@ -240,8 +241,15 @@ class Ledger:
         purpose: str,
         operator: str,
         mechanism: str,
+        config_sha256: str = "",
+        force: bool = False,
     ) -> Charge:
-        """Reserve ``cost`` on every day, or raise :class:`BudgetExceededError`."""
+        """Reserve ``cost`` on every day, or raise :class:`BudgetExceededError`.
+
+        Unless ``force``, a job whose exact configuration was already released (or is being
+        released right now) for the same dataset and day is refused with
+        :class:`ReleaseExistsError`: a re-run must never double-release silently.
+        """
         pid = os.getpid()
         with self._write() as con:  # settled for good, even if this request is refused
             self._settle_dead(con, dataset)
@@ -268,16 +276,47 @@ class Ledger:
                         f"{float(left_delta):.3g} δ are left. Nothing was read or charged; "
                         f"wait for the next period or lower [privacy] epsilon"
                     )
+            if config_sha256 and not force:
+                twin = None
+                for day in days:
+                    twin = twin or con.execute(
+                        "SELECT release_id, day, state FROM charges WHERE dataset = ? "
+                        "AND config_sha256 = ? AND day = ? "
+                        # a crashed run's (recovered) charge still counts against the budget,
+                        # but it published nothing for sure, so it does not block a re-run
+                        "AND state IN ('reserved', 'committed') LIMIT 1",
+                        (dataset, config_sha256, day),
+                    ).fetchone()
+                if twin is not None:
+                    doing = "is being released by another run" if twin[2] == "reserved" else "was released"
+                    raise ReleaseExistsError(
+                        f"{dataset!r} on {twin[1]} {doing} with this exact job configuration "
+                        f"(release {twin[0]}); nothing was read or charged. To release it again, "
+                        "spending budget again, rerun with --force"
+                    )
             for day in days:
                 con.execute(
                     "INSERT INTO charges (release_id, dataset, day, epsilon, delta, rho, rho_delta, "
-                    "state, purpose, operator, mechanism, host, pid, pid_start, created_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, 'reserved', ?, ?, ?, ?, ?, ?, ?)",
+                    "config_sha256, state, purpose, operator, mechanism, host, pid, pid_start, "
+                    "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'reserved', ?, ?, ?, ?, ?, ?, ?)",
                     (release_id, dataset, day, str(cost.epsilon), str(cost.delta), _s(cost.rho),
-                     str(cost.rho_delta), purpose, operator, mechanism, socket.gethostname(),
-                     pid, _proc_start(pid), _now()),
+                     str(cost.rho_delta), config_sha256, purpose, operator, mechanism,
+                     socket.gethostname(), pid, _proc_start(pid), _now()),
                 )
         return Charge(release_id, dataset, tuple(days), cost)
+
+    def check(self, *, dataset: str, days: Sequence[str], cost: PrivacyCost,
+              budget: Budget) -> list[tuple[str, Fraction, Fraction, bool]]:
+        """Per day: (day, main budget left, δ left, whether ``cost`` fits). Reserves nothing."""
+        want_main, want_delta = budget.charge_of(cost)
+        limit_main, limit_delta = budget.limit()
+        out = []
+        with self._connect() as con:
+            for day in days:
+                spent_main, spent_delta = self._spent(con, dataset, day, budget)
+                left, left_delta = limit_main - spent_main, limit_delta - spent_delta
+                out.append((day, left, left_delta, want_main <= left and want_delta <= left_delta))
+        return out
 
     def commit(self, charge: Charge) -> None:
         """The release is out: its reservation becomes spent."""

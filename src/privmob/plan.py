@@ -14,6 +14,7 @@ import os
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -38,7 +39,7 @@ from privmob.errors import (
 )
 from privmob.ingest import BAD_REASONS, Pings, first_line, read_pings
 from privmob.keys import Boundary, load_boundary
-from privmob.ledger import Ledger, budget_from
+from privmob.ledger import Budget, Ledger, budget_from
 from privmob.mechanism import NoiseModel, Sensitivity
 from privmob.pseudonymise import Pseudonymiser, load_key
 from privmob.release import ReleasedTable, build_table, suppress
@@ -270,8 +271,13 @@ class Plan:
         b = self.config.budget
         return None if b is None else AuditLog(b.audit_path, anchor=self.ledger())
 
+    def budget(self) -> Budget | None:
+        b = self.config.budget
+        return None if b is None else budget_from(b.epsilon_per_day, b.delta_per_day, b.rho_per_day)
+
     def release(self, pings: Any, *, backend: str | None = None,
-                write_to: str | Path | None = None, store: bool = True) -> ReleasedTable:
+                write_to: str | Path | None = None, store: bool = True, force: bool = False,
+                progress: Callable[[str], None] | None = None) -> ReleasedTable:
         """Run the job on ``pings`` (a path, a frame or :func:`read_pings` handle).
 
         With a ``[budget]`` section the cost is reserved in the ledger *before* any data is
@@ -281,18 +287,24 @@ class Plan:
         signed if ``[job] signing_key`` is set) before the budget is committed, so a failed
         write publishes nothing and spends nothing. With a ``[store]`` section (and ``store``
         true) the period's pseudonymised positions are kept, encrypted, for later runs.
+        A job already released for its period with the same configuration is refused
+        unless ``force`` (which spends budget again and is recorded). ``progress`` is
+        called with the name of each stage as it starts.
 
         Raises a :class:`~privmob.errors.PrivmobError` subclass on bad configuration,
         input or budget; in that case nothing is released.
         """
         cfg = self.config
+        step = progress or (lambda _stage: None)
         release_id = str(uuid.uuid4())
         out = None if write_to is None else Path(write_to)
         ledger, audit = self.ledger(), self.audit_log()
-        record = {
+        config_sha = cfg.sha256()
+        record: dict[str, Any] = {
             "release_id": release_id, "dataset": cfg.dataset, "key_period": self.key_period,
             "operator": cfg.job.operator, "purpose": cfg.job.purpose,
-            "config_sha256": cfg.sha256(), "output": None if out is None else str(out),
+            "config_sha256": config_sha, "output": None if out is None else str(out),
+            "forced": force,
         }
         try:
             if out is not None and out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -307,27 +319,32 @@ class Plan:
             working = self.working_store() if store else None
             charge = None
             if ledger is not None:
-                assert cfg.budget is not None
+                budget = self.budget()
+                assert budget is not None
+                step("reserve budget")
                 charge = ledger.reserve(
                     release_id=release_id, dataset=cfg.dataset, days=self.days, cost=self.cost,
-                    budget=budget_from(cfg.budget.epsilon_per_day, cfg.budget.delta_per_day,
-                                       cfg.budget.rho_per_day),
-                    purpose=cfg.job.purpose, operator=cfg.job.operator,
+                    budget=budget, purpose=cfg.job.purpose, operator=cfg.job.operator,
                     mechanism=self.noise.mechanism,
+                    config_sha256=cfg.sha256(ignore_output=True),
+                    force=force,
                 )
         except PrivmobError as exc:
             if audit is not None:
-                outcome = "refused" if isinstance(exc, BudgetExceededError) else "failed"
+                refused = isinstance(exc, BudgetExceededError | ReleaseExistsError)
+                outcome = "refused" if refused else "failed"
                 audit.append(outcome, **record, reason=f"{type(exc).__name__}: {exc}")
             raise
         try:
-            released = self._compute(pings, release_id, pseudonymiser, backend, signer)
+            released = self._compute(pings, release_id, pseudonymiser, backend, signer, step)
             if working is not None:
+                step("store positions")
                 source = read_pings(Path(pings)) if isinstance(pings, str | os.PathLike) else pings
                 engine = get_backend(backend or cfg.job.backend)
                 working.put(cfg.dataset, self.key_period,
                             engine.positions(source, cfg, pseudonymiser))
             if out is not None:
+                step("write release")
                 released.write(out, signing_key=signer)
         except BaseException as exc:
             reason = f"{type(exc).__name__}: {first_line(exc)}"
@@ -348,9 +365,11 @@ class Plan:
         return released
 
     def _compute(self, pings: Any, release_id: str, pseudonymiser: Pseudonymiser,
-                 backend: str | None, signer: Any) -> ReleasedTable:
+                 backend: str | None, signer: Any,
+                 step: Callable[[str], None] = lambda _s: None) -> ReleasedTable:
         cfg = self.config
         timings: dict[str, float] = {}
+        step("read, validate, scope, pseudonymise, index, bound, aggregate")
         tick = time.perf_counter()
         source = read_pings(Path(pings)) if isinstance(pings, str | os.PathLike) else pings
         engine = get_backend(backend or cfg.job.backend)
@@ -367,6 +386,7 @@ class Plan:
         if bad and cfg.job.on_bad_rows == "fail":
             raise InputError(self._bad_rows_message(engine, source, pseudonymiser, bad))
 
+        step(f"noise ({self.noise.mechanism}, OpenDP)")
         tick = time.perf_counter()
         cells, windows, noisy, n_keys, threshold_used, delta_used = self._noise(exact.counts)
         timings["mechanism"] = time.perf_counter() - tick

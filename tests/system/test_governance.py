@@ -21,7 +21,7 @@ PRIVMOB = str(Path(sys.executable).with_name("privmob"))
 
 
 def make_job(tmp: Path, *, epsilon: float = 1.5, per_day: float = 2.0, output: str = "out/{period}",
-             input_path: Path | None = None, signed: bool = True) -> Path:
+             input_path: Path | None = None, signed: bool = True, min_count: int = 10) -> Path:
     key = tmp / "pseudonym.key"
     if not key.exists():
         key.write_text(TEST_KEY)
@@ -46,6 +46,7 @@ boundary = "city.geojson"
 [privacy]
 epsilon = {epsilon}
 max_windows = 8
+min_count = {min_count}
 [budget]
 ledger = "state/ledger.sqlite"
 epsilon_per_day = {per_day}
@@ -62,7 +63,7 @@ def test_second_run_in_a_day_is_refused_and_both_are_on_record(
     shutil.move(released, tmp_path / "published")  # the operator moves the release away ...
     capsys.readouterr()
     assert main(["run", str(job)]) == 3  # ... and runs again the same day: refused
-    err = capsys.readouterr().err.strip().splitlines()
+    err = [x for x in capsys.readouterr().err.strip().splitlines() if x.startswith("error:")]
     assert len(err) == 1
     assert "0.5 of 2 ε" in err[0] and "Nothing was read or charged" in err[0]
     assert not released.exists()
@@ -108,8 +109,9 @@ def test_failed_run_returns_its_reservation(tmp_path: Path, capsys: pytest.Captu
 
 @pytest.mark.slow
 def test_concurrent_runs_never_exceed_the_budget(tmp_path: Path) -> None:
-    """Four schedulers fire at once with ε = 1 each against a daily budget of 2."""
-    jobs = [make_job(tmp_path, epsilon=1.0, output=f"out{i}/{{period}}", signed=False) for i in range(4)]
+    """Four different jobs fire at once with ε = 1 each against a daily budget of 2."""
+    jobs = [make_job(tmp_path, epsilon=1.0, output=f"out{i}/{{period}}", signed=False, min_count=10 + i)
+            for i in range(4)]
     env = {**os.environ, "COLUMNS": "200"}
 
     def run(job: Path) -> subprocess.CompletedProcess[str]:
@@ -127,6 +129,21 @@ def test_concurrent_runs_never_exceed_the_budget(tmp_path: Path) -> None:
     audit = AuditLog(tmp_path / "state" / "ledger.sqlite.audit.jsonl", anchor=ledger)
     assert sorted(e["event"] for e in audit.entries()) == ["refused", "refused", "released", "released"]
     assert audit.verify() == []
+
+
+@pytest.mark.slow
+def test_two_schedulers_firing_the_same_job_release_once(tmp_path: Path) -> None:
+    jobs = [make_job(tmp_path, epsilon=1.0, per_day=5.0, output=f"out{i}/{{period}}", signed=False)
+            for i in range(2)]  # the same job, written to two places
+    env = {**os.environ, "COLUMNS": "200"}
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda j: subprocess.run(
+            [PRIVMOB, "run", str(j)], capture_output=True, text=True, env=env, check=False), jobs))
+    assert sorted(r.returncode for r in results) == [0, 2]
+    refused = next(r for r in results if r.returncode == 2)
+    assert "this exact job configuration" in refused.stderr
+    (row,) = Ledger(tmp_path / "state" / "ledger.sqlite").rows()
+    assert row.spent == 1 and row.releases == 1
 
 
 def test_run_killed_after_reserve_leaves_a_consistent_ledger(tmp_path: Path) -> None:
@@ -168,7 +185,7 @@ def test_working_store_rerun_and_purge(tmp_path: Path, capsys: pytest.CaptureFix
     assert b"P000" not in stored.read_bytes()  # neither raw ids nor plaintext Parquet
     first = json.loads((tmp_path / "out" / "2026-11-26" / "manifest.json").read_text())
     shutil.move(tmp_path / "out", tmp_path / "first")
-    assert main(["run", str(job), "--from-store"]) == 0
+    assert main(["run", str(job), "--from-store", "--force"]) == 0  # same job again: explicit
     second = json.loads((tmp_path / "out" / "2026-11-26" / "manifest.json").read_text())
     assert second["persons"] == first["persons"]
     assert second["bounding"]["dwell_minutes"] == first["bounding"]["dwell_minutes"]
@@ -217,3 +234,49 @@ def test_no_secret_reaches_any_output_log_or_error(
     leaks = [(where, s[:6]) for where, blob in blobs.items() for s in secrets if s in blob]
     assert leaks == []
     assert len(blobs) > 10  # release files, ledger, audit log, quarantine, store, keys.pub
+
+
+def test_dry_run_reads_only_the_schema_and_spends_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job = make_job(tmp_path, epsilon=1.5)
+    assert main(["run", str(job), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "release plan" in out and "input schema: ok" in out and "would be released" in out
+    assert "signing key: ok (SHA256:" in out
+    ledger = tmp_path / "state" / "ledger.sqlite"
+    assert Ledger(ledger).charges() == []
+    assert not (tmp_path / "out").exists()
+    assert main(["run", str(job)]) == 0
+    assert main(["run", str(job), "--dry-run"]) == 3  # the second release would not fit
+    assert "WOULD BE REFUSED" in capsys.readouterr().out
+
+
+def test_same_job_same_period_is_not_released_twice_silently(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job = make_job(tmp_path, epsilon=1.0, per_day=5.0, signed=False)
+    assert main(["run", str(job)]) == 0
+    shutil.move(tmp_path / "out", tmp_path / "published")  # even with the folder gone ...
+    capsys.readouterr()
+    assert main(["run", str(job)]) == 2  # ... the ledger knows this job already released the day
+    assert "--force" in capsys.readouterr().err
+    assert main(["run", str(job), "--force"]) == 0  # explicit: second charge, recorded
+    assert main(["run", str(job), "--force"]) == 0  # output exists: goes to a new folder
+    assert (tmp_path / "out" / "2026-11-26.2" / "manifest.json").exists()
+    (row,) = Ledger(tmp_path / "state" / "ledger.sqlite").rows()
+    assert row.spent == 3 and row.releases == 3
+    events = AuditLog(tmp_path / "state" / "ledger.sqlite.audit.jsonl").entries()
+    assert [(e["event"], e["forced"]) for e in events] == [
+        ("released", False), ("refused", False), ("released", True), ("released", True)]
+
+
+def test_json_log_lines_for_schedulers(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    job = make_job(tmp_path, epsilon=1.0, signed=False)
+    assert main(["run", str(job), "--log-format", "json"]) == 0
+    lines = [json.loads(x) for x in capfd.readouterr().err.strip().splitlines()]
+    events = [x["event"] for x in lines]
+    assert events[0] == "start" and events[-1] == "released"
+    assert "stage" in events and all("time" in x for x in lines)
+    assert main(["run", str(job), "--quiet", "--period", "2026-11-27"]) == 0
+    assert capfd.readouterr().err == ""
