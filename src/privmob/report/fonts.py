@@ -160,7 +160,7 @@ class FontChoice:
         return self.path is not None and bool(_glyph_index(str(self.path), self.face_index, ch))
 
 
-def rc_params(choice: FontChoice) -> dict[str, Any]:
+def rc_params(choice: FontChoice) -> dict[Any, Any]:
     """Matplotlib settings for drawing and saving a figure with ``choice``.
 
     Used as ``matplotlib.rc_context(rc_params(choice))`` around both building and saving a
@@ -176,7 +176,7 @@ def rc_params(choice: FontChoice) -> dict[str, Any]:
     }
 
 
-def cjk_font(text: str = "疫情防控内部信息 · 未经授权不得传播") -> FontChoice:
+def cjk_font(text: str = "疫情防控内部信息 · 未经授权不得传播", *, stacklevel: int = 2) -> FontChoice:
     """Find, register and return a font that can draw ``text``; warn when there is none.
 
     The search (see the module docstring) runs once per distinct ``text``; the warning is
@@ -187,6 +187,8 @@ def cjk_font(text: str = "疫情防控内部信息 · 未经授权不得传播")
     text
         Characters the font must cover (those matplotlib's DejaVu Sans lacks). Defaults to
         the Chinese half of the default marking.
+    stacklevel
+        Passed to :func:`warnings.warn`, so the warning names the caller's line.
 
     Returns
     -------
@@ -194,14 +196,14 @@ def cjk_font(text: str = "疫情防控内部信息 · 未经授权不得传播")
         ``has_cjk`` is false when nothing was found.
     """
     choice = _find(text)
-    if not choice.has_cjk:
+    if not choice.has_cjk and _missing_sample(text):
         warnings.warn(
             "no installed font has the Chinese glyphs of the marking "
             f"({_missing_sample(text)}); the figure shows the English text only. Install "
             "one: `pip install noto-cjk-sans-otc` (privmob[report]) or "
             "`apt-get install fonts-noto-cjk`, or set PRIVMOB_CJK_FONT=/path/to/font.otf",
             MissingCJKFontWarning,
-            stacklevel=2,
+            stacklevel=stacklevel,
         )
     return choice
 
@@ -232,9 +234,9 @@ def _candidate_files() -> Iterator[tuple[Path, str]]:
                 stacklevel=4,
             )
     for package, filename in _PACKAGES:
-        path = _package_file(package, filename)
-        if path is not None:
-            yield path, f"package {package}"
+        found = _package_file(package, filename)
+        if found is not None:
+            yield found, f"package {package}"
     known = {entry.name: Path(entry.fname) for entry in font_manager.fontManager.ttflist}
     for family in CJK_FAMILIES:
         if family in known:
@@ -305,5 +307,7 @@ def _glyph_index(path: str, index: int, ch: str) -> int:
 
 
 def _missing_sample(text: str) -> str:
-    missing = [ch for ch in dict.fromkeys(text) if not ch.isspace() and not _glyph_index(_fallback_path(), 0, ch)]
+    missing = [
+        ch for ch in dict.fromkeys(text) if not ch.isspace() and not _glyph_index(_fallback_path(), 0, ch)
+    ]
     return "".join(missing[:8]) + ("…" if len(missing) > 8 else "")
