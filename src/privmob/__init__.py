@@ -29,6 +29,16 @@ from privmob.ingest import Pings, read_pings
 from privmob.plan import Plan, plan
 from privmob.release import ReleasedTable
 
+
+def __getattr__(name: str) -> object:
+    """``privmob.report`` is imported on first use: it pulls in Matplotlib and fonts."""
+    if name == "report":
+        import importlib
+
+        return importlib.import_module("privmob.report")
+    raise AttributeError(f"module 'privmob' has no attribute {name!r}")
+
+
 __all__ = [
     "BackendUnavailableError",
     "BoundaryError",

@@ -320,6 +320,31 @@ def keys_pseudonym(
                markup=False)
 
 
+@app.command()
+def report(
+    directory: Annotated[Path, typer.Argument(help="A release folder.")],
+    out: Annotated[Path | None, typer.Option(help="Where to draw (default: DIR-report).")] = None,
+    boundary: Annotated[Path | None, typer.Option(help="Boundary GeoJSON to outline and to show "
+                                                  "withheld public-key cells.")] = None,
+    window: Annotated[int | None, typer.Option(help="Window index for the single heatmap.")] = None,
+) -> None:
+    """Draw heatmaps (PNG, PDF) and the offline HTML report from an existing release.
+
+    The pictures go to a folder of their own: the release folder stays exactly as signed.
+    """
+    from privmob.report import heatmap, small_multiples
+    from privmob.report.html import write_html_report
+
+    target = out or directory.with_name(directory.name + "-report")
+    target.mkdir(parents=True, exist_ok=True)
+    written = [heatmap(directory, boundary=boundary, window=window).save(target / "heatmap.png"),
+               heatmap(directory, boundary=boundary, window=window).save(target / "heatmap.pdf"),
+               small_multiples(directory, boundary=boundary).save(target / "heatmap-windows.png"),
+               write_html_report(directory, target / "report.html", boundary=boundary)]
+    for path in written:
+        _out.print(str(path), markup=False)
+
+
 @keys_app.command("init")
 def keys_init(
     path: Annotated[Path, typer.Argument(help="Private signing key file to create (mode 0600).")],

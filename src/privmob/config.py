@@ -44,6 +44,14 @@ DEFAULT_PURPOSES: tuple[str, ...] = ("epidemic-prevention",)
 Mechanism = Literal["laplace", "gaussian"]
 OnBadRows = Literal["quarantine", "fail"]
 Backend = Literal["polars"]
+#: Coordinate systems of pings and boundaries; everything is converted to WGS-84 (GPS)
+#: before indexing. Chinese map data is often GCJ-02 (or Baidu's BD-09) without saying so.
+CoordinateSystem = Literal["wgs84", "gcj02", "bd09"]
+
+
+def _check_crs(where: str, value: str) -> None:
+    if value not in ("wgs84", "gcj02", "bd09"):
+        raise ConfigError(f"{where} = {value!r}; use 'wgs84', 'gcj02' or 'bd09'")
 
 _DURATION = re.compile(r"^\s*(\d+)\s*(s|m|min|h|d)\s*$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
@@ -104,8 +112,11 @@ class JobSection:
     marking: str = DEFAULT_MARKING
     linkage_days: int = 1
     signing_key: Path | None = None
+    reports: bool = True
+    crs: CoordinateSystem = "wgs84"
 
     def __post_init__(self) -> None:
+        _check_crs("[job] crs", self.crs)
         if not 1 <= self.linkage_days <= 366:
             raise ConfigError(
                 "[job] linkage_days must be from 1 (pseudonyms never link across days) to 366"
@@ -168,8 +179,10 @@ class GridConfig:
     window: str = "1h"
     boundary: Path | None = None
     boundary_where: Mapping[str, str] = field(default_factory=dict)
+    boundary_crs: CoordinateSystem = "wgs84"
 
     def __post_init__(self) -> None:
+        _check_crs("[grid] boundary_crs", self.boundary_crs)
         if not isinstance(self.resolution, int) or not 0 <= self.resolution <= 15:
             raise ConfigError(
                 f"[grid] resolution = {self.resolution!r}; H3 resolutions are 0 to 15 "
@@ -268,6 +281,62 @@ class BudgetConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class FlowsConfig:
+    """Origin–destination flows: distinct persons per (origin, destination, window).
+
+    Trips run between consecutive stays (a person within ``stay_radius_m`` for at least
+    ``stay_min_duration``). Units are H3 cells at ``resolution`` (keys then come from the
+    data, through OpenDP's threshold mechanism) or the polygons of a boundary layer named
+    by ``unit_property`` (public keys: every pair of units × every window). ``epsilon``
+    (or ``rho``) is this table's own share of the budget; the ledger charges the sum.
+    """
+
+    units: Literal["cells", "boundary"] = "cells"
+    resolution: int = 6
+    boundary: Path | None = None
+    boundary_crs: CoordinateSystem = "wgs84"
+    unit_property: str = "adcode"
+    window: str = "1d"
+    epsilon: float = 1.0
+    rho: float | None = None
+    max_trips_per_window: int = 2
+    max_windows: int = 1
+    min_count: int | None = None
+    stay_radius_m: float = 200.0
+    stay_min_duration: str = "10m"
+    stay_max_gap: str = "1h"
+
+    def __post_init__(self) -> None:
+        if self.units not in ("cells", "boundary"):
+            raise ConfigError(f"[flows] units = {self.units!r}; use 'cells' or 'boundary'")
+        if self.units == "boundary" and self.boundary is None:
+            raise ConfigError("[flows] units = 'boundary' needs boundary = \"units.geojson\"")
+        if not isinstance(self.resolution, int) or not 0 <= self.resolution <= 15:
+            raise ConfigError(f"[flows] resolution = {self.resolution!r}; H3 resolutions are 0 to 15")
+        seconds = parse_duration(self.window)
+        if seconds < 60 or 86400 % seconds:
+            raise ConfigError(f"[flows] window = {self.window!r} must divide a day evenly")
+        if not _finite_positive(self.epsilon) or self.epsilon > 20:
+            raise ConfigError(f"[flows] epsilon = {self.epsilon!r} must be a number in (0, 20]")
+        if self.rho is not None and (not _finite_positive(self.rho) or self.rho > 10):
+            raise ConfigError(f"[flows] rho = {self.rho!r} must be in (0, 10]")
+        if not isinstance(self.max_trips_per_window, int) or not 1 <= self.max_trips_per_window <= 64:
+            raise ConfigError("[flows] max_trips_per_window must be an integer from 1 to 64")
+        if not isinstance(self.max_windows, int) or not 1 <= self.max_windows <= 10_000:
+            raise ConfigError("[flows] max_windows must be an integer from 1 to 10000")
+        if self.min_count is not None and (not isinstance(self.min_count, int) or self.min_count < 1):
+            raise ConfigError("[flows] min_count must be an integer ≥ 1")
+        if not _finite_positive(self.stay_radius_m) or self.stay_radius_m > 5000:
+            raise ConfigError("[flows] stay_radius_m must be in (0, 5000]")
+        for name in ("stay_min_duration", "stay_max_gap"):
+            parse_duration(getattr(self, name))
+
+    @property
+    def window_seconds(self) -> int:
+        return parse_duration(self.window)
+
+
+@dataclass(frozen=True, kw_only=True)
 class StoreConfig:
     """The optional working store of pseudonymised positions (see :mod:`privmob.store`)."""
 
@@ -291,11 +360,13 @@ _SECTIONS: dict[str, type[Any]] = {
     "privacy": PrivacyConfig,
     "budget": BudgetConfig,
     "store": StoreConfig,
+    "flows": FlowsConfig,
 }
-_OPTIONAL_SECTIONS = {"budget", "store"}
+_OPTIONAL_SECTIONS = {"budget", "store", "flows"}
 _PATH_FIELDS = {("job", "input"), ("job", "output"), ("job", "key_file"), ("job", "quarantine"),
                 ("job", "signing_key"), ("grid", "boundary"), ("budget", "ledger"),
-                ("budget", "audit_log"), ("store", "path"), ("store", "key_file")}
+                ("budget", "audit_log"), ("store", "path"), ("store", "key_file"),
+                ("flows", "boundary")}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -315,6 +386,7 @@ class JobConfig:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     budget: BudgetConfig | None = None
     store: StoreConfig | None = None
+    flows: FlowsConfig | None = None
     source: Path | None = None
 
     def __post_init__(self) -> None:
@@ -494,13 +566,14 @@ def _coerce(section: str, name: str, value: Any, base_dir: Path | None) -> Any:
             raise ConfigError("[grid] boundary_where must be a table, e.g. { adcode = \"110000\" }")
         return {str(k): str(v) for k, v in value.items()}
     if name in ("epsilon", "delta", "rho", "max_spurious_rate", "epsilon_per_day", "delta_per_day",
-                "rho_per_day") and isinstance(value, int) \
+                "rho_per_day", "stay_radius_m") and isinstance(value, int) \
             and not isinstance(value, bool):
         return float(value)
     if value is None and (section, name) in _OPTIONAL:
         return None
     expected = _FIELD_TYPES.get((section, name))
-    if expected is not None and (isinstance(value, bool) or not isinstance(value, expected)):
+    wrong_bool = isinstance(value, bool) and expected is not bool
+    if expected is not None and (wrong_bool or not isinstance(value, expected)):
         raise ConfigError(
             f"[{section}] {name} = {value!r} has the wrong type; expected {expected.__name__}"
         )
@@ -508,7 +581,7 @@ def _coerce(section: str, name: str, value: Any, base_dir: Path | None) -> Any:
 
 
 _OPTIONAL = {("privacy", "rho"), ("scope", "assume_group"), ("budget", "epsilon_per_day"),
-             ("budget", "rho_per_day")}
+             ("budget", "rho_per_day"), ("flows", "rho"), ("flows", "min_count")}
 _FIELD_TYPES: dict[tuple[str, str], type] = {
     ("job", "purpose"): str,
     ("job", "operator"): str,
@@ -531,7 +604,23 @@ _FIELD_TYPES: dict[tuple[str, str], type] = {
     ("privacy", "min_count"): int,
     ("privacy", "max_spurious_rate"): float,
     ("job", "linkage_days"): int,
+    ("job", "reports"): bool,
+    ("job", "crs"): str,
+    ("grid", "boundary_crs"): str,
+    ("flows", "boundary_crs"): str,
     ("store", "retention_days"): int,
+    ("flows", "units"): str,
+    ("flows", "resolution"): int,
+    ("flows", "unit_property"): str,
+    ("flows", "window"): str,
+    ("flows", "epsilon"): float,
+    ("flows", "rho"): float,
+    ("flows", "max_trips_per_window"): int,
+    ("flows", "max_windows"): int,
+    ("flows", "min_count"): int,
+    ("flows", "stay_radius_m"): float,
+    ("flows", "stay_min_duration"): str,
+    ("flows", "stay_max_gap"): str,
     ("budget", "epsilon_per_day"): float,
     ("budget", "delta_per_day"): float,
     ("budget", "rho_per_day"): float,

@@ -54,11 +54,13 @@ def _cells(boundary: Boundary, resolution: int) -> npt.NDArray[np.uint64]:
     return np.sort(np.fromiter((h3.str_to_int(c) for c in cells), dtype=np.uint64))
 
 
-def load_boundary(path: Path, where: Mapping[str, str] | None = None) -> Boundary:
+def load_boundary(path: Path, where: Mapping[str, str] | None = None,
+                  crs: str = "wgs84") -> Boundary:
     """Read a GeoJSON / GeoPackage polygon layer; ``where`` picks features by property.
 
     All selected polygons are merged. The file must be WGS-84 (EPSG:4326) or declare a CRS
-    that can be converted to it.
+    that can be converted to it; ``crs = "gcj02"`` or ``"bd09"`` says its degrees are in
+    China's offset datums (files rarely declare that), and they are converted to WGS-84.
     """
     import geopandas as gpd  # heavy; only needed when a boundary is configured
     from shapely import make_valid, union_all
@@ -94,6 +96,10 @@ def load_boundary(path: Path, where: Mapping[str, str] | None = None) -> Boundar
             f"boundary file {path} must hold polygons; found {', '.join(kinds)}"
         )
     geometry = make_valid(union_all(geoms))
+    if crs != "wgs84":
+        from privmob.crs import geometry_to_wgs84
+
+        geometry = make_valid(geometry_to_wgs84(geometry, crs))  # type: ignore[arg-type]
     if geometry.is_empty or geometry.area == 0:
         raise BoundaryError(f"boundary in {path} has no area")
     minx, miny, maxx, maxy = geometry.bounds
@@ -105,5 +111,5 @@ def load_boundary(path: Path, where: Mapping[str, str] | None = None) -> Boundar
         geometry=geometry,
         path=path,
         sha256=hashlib.sha256(data).hexdigest(),
-        where=tuple(sorted(where.items())),
+        where=tuple(sorted(where.items())) + ((("crs", crs),) if crs != "wgs84" else ()),
     )

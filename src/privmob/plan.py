@@ -9,6 +9,7 @@ result type, :class:`~privmob.release.ReleasedTable`.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 import tempfile
@@ -29,7 +30,7 @@ from privmob._version import __version__
 from privmob.accountant import PrivacyCost, exact
 from privmob.audit import AuditLog
 from privmob.backends import get_backend
-from privmob.config import JobConfig
+from privmob.config import JobConfig, PrivacyConfig
 from privmob.errors import (
     BudgetExceededError,
     ConfigError,
@@ -93,7 +94,7 @@ class Plan:
     @cached_property
     def boundary(self) -> Boundary | None:
         g = self.config.grid
-        return None if g.boundary is None else load_boundary(g.boundary, g.boundary_where)
+        return None if g.boundary is None else load_boundary(g.boundary, g.boundary_where, g.boundary_crs)
 
     @cached_property
     def key_cells(self) -> npt.NDArray[np.uint64] | None:
@@ -123,11 +124,72 @@ class Plan:
         return p.delta if p.mechanism == "laplace" else p.delta / 2
 
     @property
-    def cost(self) -> PrivacyCost:
-        """What a release under this plan spends, at most."""
+    def occupancy_cost(self) -> PrivacyCost:
         base = self.noise.cost
         selection = exact(self.threshold_delta)
         return PrivacyCost(base.epsilon, base.delta + selection, base.rho, selection)
+
+    @property
+    def flows_cost(self) -> PrivacyCost | None:
+        if self.flows_noise is None:
+            return None
+        base = self.flows_noise.cost
+        selection = exact(self.flows_threshold_delta)
+        return PrivacyCost(base.epsilon, base.delta + selection, base.rho, selection)
+
+    @property
+    def cost(self) -> PrivacyCost:
+        """What a release under this plan spends, at most: all its tables together."""
+        flows = self.flows_cost
+        return self.occupancy_cost if flows is None else self.occupancy_cost + flows
+
+    # -- flows -------------------------------------------------------------------------
+    @cached_property
+    def flows_units(self) -> Any:
+        fc = self.config.flows
+        if fc is None or fc.units != "boundary":
+            return None
+        assert fc.boundary is not None
+        from privmob.flows import load_units
+
+        return load_units(fc.boundary, fc.unit_property, fc.boundary_crs)
+
+    @cached_property
+    def flows_privacy(self) -> PrivacyConfig | None:
+        fc, p = self.config.flows, self.config.privacy
+        if fc is None:
+            return None
+        return dataclasses.replace(
+            p, epsilon=fc.epsilon, rho=fc.rho if p.mechanism == "gaussian" else None,
+            max_cells_per_window=fc.max_trips_per_window, max_windows=fc.max_windows,
+            min_count=fc.min_count or p.min_count,
+        )
+
+    @property
+    def flows_threshold_delta(self) -> float:
+        fc = self.config.flows
+        if fc is None or fc.units == "boundary":
+            return 0.0
+        p = self.config.privacy
+        return p.delta if p.mechanism == "laplace" else p.delta / 2
+
+    @cached_property
+    def flows_noise(self) -> NoiseModel | None:
+        fp, fc = self.flows_privacy, self.config.flows
+        if fp is None or fc is None:
+            return None
+        from privmob.flows import n_windows as flows_n_windows
+
+        sens = Sensitivity(fc.max_trips_per_window, min(fc.max_windows, flows_n_windows(self.config)))
+        return mechanism.calibrate(fp, sens, threshold_delta=self.flows_threshold_delta
+                                   if fp.mechanism == "gaussian" else 0.0)
+
+    @cached_property
+    def flows_threshold(self) -> int | None:
+        fp, noise = self.flows_privacy, self.flows_noise
+        if fp is None or noise is None:
+            return None
+        return max(fp.min_count, noise.spurious_threshold(fp.max_spurious_rate))
 
     @property
     def key_period(self) -> str:
@@ -345,7 +407,7 @@ class Plan:
                             engine.positions(source, cfg, pseudonymiser))
             if out is not None:
                 step("write release")
-                released.write(out, signing_key=signer)
+                released.write(out, signing_key=signer, reports=cfg.job.reports)
         except BaseException as exc:
             reason = f"{type(exc).__name__}: {first_line(exc)}"
             if ledger is not None and charge is not None:
@@ -402,8 +464,18 @@ class Plan:
         if signer is not None:
             manifest["signature"] = {"algorithm": "Ed25519", "file": SIGNATURE_FILE,
                                      "fingerprint": fingerprint(signer)}
+        flows_table = None
+        if cfg.flows is not None:
+            step("flows: stays, trips, bound, noise")
+            tick = time.perf_counter()
+            from privmob.flows import exact_flows
+
+            flows_exact = exact_flows(engine.fixes(source, cfg, pseudonymiser), cfg, self.flows_units)
+            flows_table, manifest["flows"] = self._release_flows(flows_exact)
+            timings["flows"] = time.perf_counter() - tick
         manifest["timings_s"] = {k: round(v, 4) for k, v in timings.items()}
-        released = ReleasedTable(table=table, manifest=manifest)
+        released = ReleasedTable(table=table, manifest=manifest, flows=flows_table,
+                                 boundary=cfg.grid.boundary)
         if bad and cfg.job.quarantine is not None:
             self._write_quarantine(engine, source, pseudonymiser)
         return released
@@ -433,6 +505,105 @@ class Plan:
         windows = np.array([int(k.split(":")[1]) for k, _ in items], dtype=np.int32)
         noisy = np.array([v for _, v in items], dtype=np.int64)
         return cells, windows, noisy, None, threshold, delta
+
+    def _release_flows(self, exact: Any) -> tuple[pl.DataFrame, dict[str, Any]]:
+        """Noise, threshold and suppress the OD counts with the occupancy code path."""
+        from privmob.flows import n_windows as flows_n_windows
+
+        cfg, fc, noise = self.config, self.config.flows, self.flows_noise
+        assert fc is not None
+        assert noise is not None
+        assert self.flows_threshold is not None
+        n_win = flows_n_windows(cfg)
+        counts = exact.counts
+        units = self.flows_units
+        if units is not None:
+            n_units = len(units.names)
+            index = {name: i for i, name in enumerate(units.names)}
+            vec = np.zeros(n_units * n_units * n_win, dtype=np.int64)
+            o = np.array([index[x] for x in counts["origin"].to_list()], dtype=np.int64)
+            d = np.array([index[x] for x in counts["destination"].to_list()], dtype=np.int64)
+            vec[(o * n_units + d) * n_win + counts["window"].to_numpy()] = counts["count"].to_numpy()
+            noisy = mechanism.noise_counts(noise, vec)
+            keep = np.nonzero(noisy >= self.flows_threshold)[0]
+            names = np.array(units.names, dtype=object)
+            origin = names[keep // n_win // n_units]
+            dest = names[(keep // n_win) % n_units]
+            window = (keep % n_win).astype(np.int32)
+            values, n_keys, threshold, delta = noisy[keep], int(vec.size), self.flows_threshold, 0.0
+            key_label = units.key_label
+            coords = {n: (g.representative_point().y, g.representative_point().x)
+                      for n, g in zip(units.names, units.geometries, strict=True)}
+        else:
+            od = counts.select("origin", "destination", "window").iter_rows()
+            keys = [f"{o}|{d}|{w}" for o, d, w in od]
+            released, threshold, delta = mechanism.threshold_counts(
+                noise, keys, counts["count"].to_list(), self.flows_threshold, self.flows_threshold_delta)
+            items = sorted(released.items())
+            parts = [k.split("|") for k, _ in items]
+            origin = np.array([p[0] for p in parts], dtype=object)
+            dest = np.array([p[1] for p in parts], dtype=object)
+            window = np.array([int(p[2]) for p in parts], dtype=np.int32)
+            values, n_keys, key_label = np.array([v for _, v in items], dtype=np.int64), None, "threshold"
+            import h3
+
+            coords = {c: h3.cell_to_latlng(c) for c in {*origin.tolist(), *dest.tolist()}}
+        half = noise.ci_halfwidth(0.95)
+        start_us = int(cfg.period_start.timestamp()) * 1_000_000
+        table = pl.DataFrame({
+            "origin": pl.Series(origin.tolist(), dtype=pl.String),
+            "destination": pl.Series(dest.tolist(), dtype=pl.String),
+            "window": pl.Series(window, dtype=pl.Int64),
+            "count": pl.Series(values, dtype=pl.Int64),
+        }).select(
+            "origin", "destination",
+            (pl.lit(start_us) + pl.col("window") * (fc.window_seconds * 1_000_000))
+            .cast(pl.Datetime("us")).dt.replace_time_zone("UTC").alias("window_start"),
+            "count",
+            (pl.col("count") - half).clip(lower_bound=0).alias("ci_low"),
+            (pl.col("count") + half).alias("ci_high"),
+        ).with_columns(
+            pl.col("origin").replace_strict({k: v[0] for k, v in coords.items()}, return_dtype=pl.Float64)
+            .alias("origin_lat"),
+            pl.col("origin").replace_strict({k: v[1] for k, v in coords.items()}, return_dtype=pl.Float64)
+            .alias("origin_lng"),
+            pl.col("destination").replace_strict({k: v[0] for k, v in coords.items()},
+                                                 return_dtype=pl.Float64).alias("dest_lat"),
+            pl.col("destination").replace_strict({k: v[1] for k, v in coords.items()},
+                                                 return_dtype=pl.Float64).alias("dest_lng"),
+        ).sort("window_start", "origin", "destination")
+        cost = self.flows_cost
+        assert cost is not None
+        manifest = {
+            "units": fc.units if fc.units == "boundary" else f"cells@res{fc.resolution}",
+            "unit_property": fc.unit_property if fc.units == "boundary" else None,
+            "window": fc.window,
+            "windows": n_win,
+            "stays": {"radius_m": fc.stay_radius_m, "min_duration": fc.stay_min_duration,
+                      "max_gap": fc.stay_max_gap},
+            "max_trips_per_window": fc.max_trips_per_window,
+            "max_windows": fc.max_windows,
+            "sensitivity": {"l1": noise.sensitivity.l1, "l2": noise.sensitivity.l2},
+            "mechanism": noise.mechanism,
+            **{k: v for k, v in cost.as_dict().items() if not k.endswith("_exact")},
+            "noise_scale": noise.scale,
+            "noise_std": round(noise.std, 4),
+            "ci95_halfwidth": half,
+            "keys": key_label,
+            "n_keys": n_keys,
+            "threshold": None if units is not None else {"value": threshold, "delta": delta},
+            "release_threshold": threshold,
+            "flows_released": table.height,
+            "trips": exact.trips,
+            "trips_outside_units": exact.trips_outside_units,
+            "persons": exact.persons,
+            "bounding": {
+                "rule": "longest trips first; ties by keyed pseudonym XOR OD hash",
+                "person_od_windows": exact.bounding.person_cell_windows,
+                "person_od_windows_kept": exact.bounding.person_cell_windows_kept,
+            },
+        }
+        return table, manifest
 
     def _manifest(self, release_id: str, exact: Any, pseudonymiser: Pseudonymiser, source: Any,
                   released: int, n_keys: int | None, threshold: int,
@@ -492,6 +663,11 @@ class Plan:
             "delta": s["delta"],
             "rho": s["rho"],
             "budget_exact": {k: v for k, v in self.cost.as_dict().items() if k.endswith("_exact")},
+            "budget_split": {
+                name: {k: v for k, v in c.as_dict().items() if not k.endswith("_exact")}
+                for name, c in (("occupancy", self.occupancy_cost), ("flows", self.flows_cost))
+                if c is not None
+            },
             "noise_scale": self.noise.scale,
             "noise_std": s["noise_std"],
             "ci_level": 0.95,

@@ -32,10 +32,12 @@ import pyarrow.parquet as pq
 
 from privmob.errors import ReleaseExistsError, ReleaseWriteError
 
-__all__ = ["RELEASE_FILES", "ReleasedTable", "build_table", "suppress"]
+__all__ = ["FLOWS_FILES", "RELEASE_FILES", "ReleasedTable", "build_table", "suppress"]
 
 #: The files every release directory holds (signatures and reports add to it later).
 RELEASE_FILES = ("release.parquet", "release.csv", "release.geojson", "manifest.json")
+#: Added when the release has origin–destination flows.
+FLOWS_FILES = ("flows.parquet", "flows.csv", "flows.geojson")
 
 _SCHEMA = {
     "cell": pl.String,
@@ -105,6 +107,11 @@ class ReleasedTable:
 
     table: pl.DataFrame
     manifest: Mapping[str, Any] = field(default_factory=dict)
+    #: Origin–destination flows (``origin, destination, window_start, count, ci_low,
+    #: ci_high`` and unit coordinates) when the job has a ``[flows]`` section.
+    flows: pl.DataFrame | None = None
+    #: The boundary the keys came from (for drawing reports; not part of the data).
+    boundary: Path | None = None
 
     def __repr__(self) -> str:
         m = self.manifest
@@ -163,10 +170,13 @@ class ReleasedTable:
             "features": features,
         }
 
-    def write(self, directory: str | Path, *, signing_key: Any | None = None) -> Path:
+    def write(self, directory: str | Path, *, signing_key: Any | None = None,
+              reports: bool = False) -> Path:
         """Write ``release.parquet``, ``release.csv``, ``release.geojson`` and
         ``manifest.json`` into ``directory``, atomically; with an Ed25519 ``signing_key``
-        also ``manifest.sig`` and ``signing_key.pub`` (see :mod:`privmob.signing`).
+        also ``manifest.sig`` and ``signing_key.pub`` (see :mod:`privmob.signing`). With
+        ``reports`` the heatmaps (PNG, PDF) and the offline HTML report are drawn into the
+        release too, so the signature covers the pictures people will forward.
 
         The directory must not already hold a release. Returns its path.
         """
@@ -185,7 +195,7 @@ class ReleasedTable:
                 "nothing was published"
             ) from exc
         try:
-            self._write_files(tmp)
+            self._write_files(tmp, reports=reports)
             if signing_key is not None:
                 from privmob.signing import write_signature
 
@@ -208,7 +218,7 @@ class ReleasedTable:
             raise
         return target
 
-    def _write_files(self, folder: Path) -> None:
+    def _write_files(self, folder: Path, *, reports: bool = False) -> None:
         marking = str(self.manifest.get("marking", ""))
         release_id = str(self.manifest.get("release_id", ""))
         arrow = self.table.to_arrow()
@@ -225,18 +235,70 @@ class ReleasedTable:
         (folder / "release.geojson").write_text(
             json.dumps(self.to_geojson(), ensure_ascii=False), encoding="utf-8"
         )
-        files = {
-            name: hashlib.sha256((folder / name).read_bytes()).hexdigest()
-            for name in RELEASE_FILES if name != "manifest.json"
-        }
+        names = [n for n in RELEASE_FILES if n != "manifest.json"]
+        if self.flows is not None:
+            self._write_flows(folder, marking, release_id)
+            names += list(FLOWS_FILES)
+        if reports:
+            names += self._write_reports(folder)
+        files = {name: hashlib.sha256((folder / name).read_bytes()).hexdigest() for name in names}
         manifest = {**self.manifest, "files": files}
         (folder / "manifest.json").write_text(
             json.dumps(manifest, ensure_ascii=False, indent=2, sort_keys=False) + "\n",
             encoding="utf-8",
         )
-        for name in RELEASE_FILES:
+        for name in [*names, "manifest.json"]:
             with (folder / name).open("rb") as fh:
                 os.fsync(fh.fileno())
+
+    def _write_reports(self, folder: Path) -> list[str]:
+        """Draw the pictures a person will look at; returns the file names written."""
+        from privmob.report import heatmap, small_multiples
+
+        written = []
+        single = heatmap(self, boundary=self.boundary)
+        for name in ("heatmap.png", "heatmap.pdf"):
+            single.save(folder / name)
+            written.append(name)
+        windows = int(self.manifest.get("windows") or 0)
+        if 1 < windows <= 48:
+            grid = small_multiples(self, boundary=self.boundary)
+            grid.save(folder / "heatmap-windows.png")
+            written.append("heatmap-windows.png")
+        try:
+            from privmob.report.html import write_html_report
+        except ImportError:  # pragma: no cover - the HTML report ships with privmob
+            return written
+        write_html_report(self, folder / "report.html", boundary=self.boundary)
+        written.append("report.html")
+        return written
+
+    def _write_flows(self, folder: Path, marking: str, release_id: str) -> None:
+        flows = self.flows
+        assert flows is not None
+        arrow = flows.to_arrow()
+        meta = dict(arrow.schema.metadata or {})
+        meta.update({b"privmob.marking": marking.encode(), b"privmob.release_id": release_id.encode()})
+        pq.write_table(arrow.replace_schema_metadata(meta), folder / "flows.parquet")
+        text = flows.with_columns(pl.col("window_start").dt.strftime("%Y-%m-%dT%H:%M:%SZ")).write_csv()
+        (folder / "flows.csv").write_text(f"# {marking} · privmob release {release_id}\n" + text,
+                                          encoding="utf-8")
+        features = [
+            {
+                "type": "Feature",
+                "geometry": {"type": "LineString", "coordinates": [
+                    [row["origin_lng"], row["origin_lat"]], [row["dest_lng"], row["dest_lat"]]]},
+                "properties": {
+                    "origin": row["origin"], "destination": row["destination"],
+                    "window_start": row["window_start"].isoformat(), "count": row["count"],
+                    "ci_low": row["ci_low"], "ci_high": row["ci_high"], "marking": marking,
+                },
+            }
+            for row in flows.iter_rows(named=True)
+        ]
+        (folder / "flows.geojson").write_text(json.dumps(
+            {"type": "FeatureCollection", "privmob": {"release_id": release_id, "marking": marking},
+             "features": features}, ensure_ascii=False), encoding="utf-8")
 
 
 def _fsync_dir(path: Path) -> None:

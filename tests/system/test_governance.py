@@ -38,6 +38,7 @@ output = "{output}"
 period = "2026-11-26"
 dataset = "beijing"
 key_file = "pseudonym.key"
+reports = false
 {'signing_key = "signing.pem"' if signed else ''}
 [grid]
 resolution = 6

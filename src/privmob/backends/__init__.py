@@ -48,6 +48,11 @@ class Backend(Protocol):
         """Bad rows with row number, reason and pseudonymised id (never the raw id)."""
         ...
 
+    def fixes(self, source: Any, config: JobConfig, pseudonymiser: Pseudonymiser) -> pl.DataFrame:
+        """Validated, in-scope, in-period fixes keyed by pseudonym: ``pid`` (Int64), ``t``,
+        ``lat``, ``lng`` — the input of stay and trip detection for flows."""
+        ...
+
     def positions(self, source: Any, config: JobConfig, pseudonymiser: Pseudonymiser) -> pl.DataFrame:
         """Validated, in-scope, in-period fixes (exact duplicates dropped), ids pseudonymised
         (``person_id`` = hex pseudonym, ``ts`` epoch seconds, ``lat``, ``lng``, ``group``):

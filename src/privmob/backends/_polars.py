@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 import polars as pl
 
-from privmob import aggregate, bound, index, ingest, pii, scope
+from privmob import aggregate, bound, crs, index, ingest, pii, scope
 from privmob.aggregate import ExactCounts
 from privmob.config import JobConfig
 from privmob.errors import InputError
@@ -46,6 +46,8 @@ class PolarsBackend:
             )
         lf = ingest.validate(pings.scan(), schema, config.job.timezone,
                              assume_group=config.scope.assume_group)
+        if config.job.crs != "wgs84":  # GCJ-02 / BD-09 pings: to WGS-84 before indexing
+            lf = crs.polars_frame_to_wgs84(lf, config.job.crs)
         start = int(config.period_start.timestamp())
         end = int(config.period_end.timestamp())
         return lf.with_columns(scope.status(config.scope.groups, start, end).alias("status"))
@@ -125,6 +127,18 @@ class PolarsBackend:
             pii=found,
             identifier_names=tuple(pii.identifier_by_name(extras)),
         )
+
+    def fixes(self, source: Any, config: JobConfig, pseudonymiser: Pseudonymiser) -> pl.DataFrame:
+        lf = self._validated(source, config)
+        frame = (
+            lf.filter(pl.col("status") == scope.OK)
+            .select("person_id", "t", "lat", "lng")
+            .unique()
+            .collect(engine="streaming")
+        )
+        ids = frame["person_id"].unique()
+        mapping = pl.DataFrame({"person_id": ids, "pid": pseudonymiser.pseudonyms(ids)})
+        return frame.join(mapping, on="person_id", how="inner").select("pid", "t", "lat", "lng")
 
     def positions(self, source: Any, config: JobConfig, pseudonymiser: Pseudonymiser) -> pl.DataFrame:
         lf = self._validated(source, config)

@@ -1,4 +1,4 @@
-"""Reports drawn from a release: static heatmaps (PNG and PDF).
+"""Reports drawn from a release: static heatmaps (PNG and PDF) and an offline HTML page.
 
 Everything here is post-processing of a :class:`~privmob.release.ReleasedTable`: it reads
 only released counts and the manifest, so drawing spends no privacy budget.
@@ -9,6 +9,7 @@ only released counts and the manifest, so drawing spends no privacy budget.
 
 from privmob.report.fonts import FontChoice, MissingCJKFontWarning, cjk_font
 from privmob.report.heatmap import Heatmap, Panel, heatmap, small_multiples
+from privmob.report.html import html_report, write_html_report
 
 __all__ = [
     "FontChoice",
@@ -17,5 +18,7 @@ __all__ = [
     "Panel",
     "cjk_font",
     "heatmap",
+    "html_report",
     "small_multiples",
+    "write_html_report",
 ]

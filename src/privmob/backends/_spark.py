@@ -1,0 +1,688 @@
+"""The Spark engine: the same exact aggregate as the Polars backend, on a cluster.
+
+What runs where
+---------------
+* **Per-row work** — validation, the first failing check, scope and period status, the
+  window, the dwell minute and the H3 cell — runs on the executors inside
+  ``DataFrame.mapInArrow``: each Arrow batch is wrapped as a Polars frame (no copy) and
+  the *same* expressions the Polars backend uses (:func:`privmob.ingest.validate`,
+  :func:`privmob.scope.status`, :mod:`privmob.index`, :mod:`privmob.pii`) are applied to
+  it. There is one definition of what a valid row is, what a timestamp means and which
+  cell a fix is in, so the two engines cannot drift apart. Each batch is reduced at once
+  to distinct (person, window, cell, minute) rows plus per-(status, group) row counts.
+* **Cross-row work** — distinct minutes per (person, window, cell), the pseudonym join,
+  both bounding rankings (Spark window functions with the same keys and tie-breaks as
+  :func:`privmob.bound.bound`) and the per-(cell, window) count — runs as Spark shuffles.
+* **The driver** receives only: the per-(status, group) counts (a few dozen rows; the
+  PII scan of ``group`` runs on them, as in the Polars backend), the distinct person ids
+  (hashed there with :meth:`Pseudonymiser.pseudonyms`, so the key never leaves the
+  driver, then broadcast back as (id, pseudonym) pairs), and the exact aggregate.
+
+H3 runs as polars-h3 on each Arrow batch (measured against h3-py in a pandas UDF in
+``benchmarks/bench_spark.py``; Apache Sedona's H3 functions need its JARs from Maven and
+were not measurable offline — see docs/spark.md).
+
+The input is read once per :meth:`SparkBackend.exact_cells`: the reduced table is
+persisted (memory, spilling to disk) for the few small actions that follow, and dropped
+before returning.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import sys
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import polars as pl
+import pyarrow as pa
+
+from privmob import bound, index, ingest, pii, scope
+from privmob.aggregate import ExactCounts
+from privmob.errors import BackendUnavailableError, InputError, SchemaError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+    from pyspark.sql import DataFrame as SparkDataFrame
+    from pyspark.sql import SparkSession
+
+    from privmob.config import JobConfig
+    from privmob.pseudonymise import Pseudonymiser
+
+try:
+    from pyspark.sql import DataFrame as _SparkDataFrame
+    from pyspark.sql import SparkSession as _SparkSession
+    from pyspark.sql import functions as F  # noqa: N812 - the PySpark convention
+    from pyspark.sql.window import Window
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise BackendUnavailableError(
+        "backend 'spark' needs PySpark; install it with `pip install 'privmob[spark]'`"
+    ) from exc
+
+with warnings.catch_warnings():
+    # PySpark imports its test helpers on the first Python → JVM value conversion, and
+    # that import announces (FutureWarning) that its *pandas* APIs are not validated on
+    # pandas 3 yet. privmob moves data through Arrow, not pandas: import them quietly.
+    warnings.simplefilter("ignore", FutureWarning)
+    import pyspark.testing.utils  # noqa: F401
+
+__all__ = ["SparkBackend", "local_session"]
+
+OUTSIDE_BOUNDARY = "outside_boundary"
+
+#: Distinct ids up to this many are broadcast to every executor for the pseudonym join;
+#: beyond it the (id, pseudonym) table is joined by a shuffle instead.
+BROADCAST_IDS = 2_000_000
+
+#: Rows per Arrow batch handed to the per-row step (Spark's default is 10,000; Polars
+#: amortises its per-batch planning better on larger batches). Local sessions only.
+ARROW_BATCH_ROWS = 100_000
+
+# What the per-row steps emit (Arrow; Spark's schema is derived from these).
+_EXACT_OUT = pa.schema([("status", pa.string()), ("group", pa.string()), ("person_id", pa.string()),
+                        ("window", pa.int32()), ("cell", pa.int64()), ("minute", pa.int64()),
+                        ("n", pa.int64())])
+_BAD_OUT = pa.schema([("part", pa.int32()), ("idx", pa.int64()), ("reason", pa.string()),
+                      ("person_id", pa.string()), ("t", pa.int64()), ("lat", pa.float64()),
+                      ("lng", pa.float64()), ("group", pa.string())])
+_POSITIONS_OUT = pa.schema([("person_id", pa.string()), ("t", pa.int64()), ("lat", pa.float64()),
+                            ("lng", pa.float64()), ("group", pa.string())])
+
+#: A CSV nullValue no cell will ever hold (see SparkBackend._read_path).
+_NEVER_NULL = "\uffff<privmob: no text means null>\uffff"
+
+_ROW_DTYPE = pl.DataFrame({"x": [0]}).with_row_index("row").schema["row"]
+
+
+# --- the session -----------------------------------------------------------------------
+
+
+def local_session(master: str = "local[2]", **conf: str) -> SparkSession:
+    """A local SparkSession set up for privmob (or the active one, left as it is).
+
+    Local mode: ``master`` cores, 8 shuffle partitions (the default 200 is for clusters),
+    no web UI, session time zone UTC, executors' Python = this interpreter (so they see
+    the same privmob, Polars and h3). Extra ``conf`` entries (``spark.driver.memory`` and
+    so on) are passed to the builder; they only take effect when no session is running.
+    """
+    active = _SparkSession.getActiveSession()
+    if active is not None:
+        return active
+    if not (os.environ.get("JAVA_HOME") or shutil.which("java")):
+        raise BackendUnavailableError(
+            "backend 'spark' needs a Java runtime (17 or later); install one (e.g. "
+            "`apt-get install openjdk-17-jre-headless`) or set JAVA_HOME"
+        )
+    # Executors start `python3` from PATH unless told otherwise; in a venv that is the
+    # wrong interpreter (no privmob). The environment variable is what PySpark reads.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    settings = {
+        "spark.sql.shuffle.partitions": "8",
+        "spark.ui.enabled": "false",
+        "spark.ui.showConsoleProgress": "false",
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.sql.execution.arrow.maxRecordsPerBatch": str(ARROW_BATCH_ROWS),
+        "spark.driver.memory": "2g",
+        # one Polars thread per Python worker: Spark already runs one worker per core
+        "spark.executorEnv.POLARS_MAX_THREADS": "1",
+        **conf,
+    }
+    builder = _SparkSession.builder.master(master).appName("privmob")
+    for key, value in settings.items():
+        builder = builder.config(key, value)
+    session = builder.getOrCreate()
+    session.sparkContext.setLogLevel("ERROR")
+    return session
+
+
+# --- per-row step, run on the executors ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _RowSpec:
+    """Everything the per-row step needs, shipped to the executors (no key material)."""
+
+    schema: dict[str, pl.DataType]
+    timezone: str
+    assume_group: str | None
+    groups: tuple[str, ...]
+    start: int
+    end: int
+    window_seconds: int
+    resolution: int
+    extras: tuple[str, ...] = ()
+
+
+def _validated(frame: pl.DataFrame, spec: _RowSpec) -> pl.LazyFrame:
+    """The Polars backend's validated frame with its ``status``, for one batch."""
+    lf = ingest.validate(frame.lazy(), spec.schema, spec.timezone, assume_group=spec.assume_group)
+    return lf.with_columns(scope.status(spec.groups, spec.start, spec.end).alias("status"))
+
+
+def _to_batches(frame: pl.DataFrame, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
+    table = frame.to_arrow().cast(schema)
+    yield from table.to_batches()
+
+
+def _exact_batches(batches: Iterator[pa.RecordBatch], spec: _RowSpec,
+                   out: pa.Schema) -> Iterator[pa.RecordBatch]:
+    """Per batch: (status, group) counts, PII counts of extra columns, and the distinct
+    (person, window, cell, minute) rows of usable pings with their ping count."""
+    for batch in batches:
+        raw = pl.DataFrame(pl.from_arrow(batch))
+        lf = _validated(raw, spec)
+        counts = lf.group_by("status", "group").agg(pl.len().cast(pl.Int64).alias("n"))
+        dwell = (
+            lf.filter(pl.col("status") == scope.OK)
+            .select(
+                "person_id",
+                index.window(spec.start, spec.window_seconds).alias("window"),
+                index.cell(spec.resolution).cast(pl.Int64).alias("cell"),
+                index.minute().alias("minute"),
+            )
+            .group_by("person_id", "window", "cell", "minute")
+            .agg(pl.len().cast(pl.Int64).alias("n"))
+        )
+        queries = [counts, dwell]
+        if spec.extras:
+            queries.append(raw.lazy().select(pii.scan_exprs(list(spec.extras))))
+        counted, dwelled, *scanned = pl.collect_all(queries)
+        parts = [
+            counted.select("status", "group", "n"),
+            dwelled.select("person_id", "window", "cell", "minute", "n"),
+        ]
+        if scanned:
+            parts.append(
+                scanned[0].unpivot(variable_name="status", value_name="n")
+                .with_columns(pl.col("n").cast(pl.Int64))
+            )
+        yield from _to_batches(pl.concat(parts, how="diagonal_relaxed").select(out.names), out)
+
+
+def _bad_batches(batches: Iterator[pa.RecordBatch], spec: _RowSpec, limit: int | None,
+                 out: pa.Schema) -> Iterator[pa.RecordBatch]:
+    """Per partition: its first ``limit`` bad rows (position within the partition), then
+    one row (reason null) holding the partition's row count, to number rows globally."""
+    from pyspark import TaskContext
+
+    ctx = TaskContext.get()
+    part = 0 if ctx is None else ctx.partitionId()
+    seen = emitted = 0
+    for batch in batches:
+        if limit is None or emitted < limit:
+            bad = (
+                _validated(pl.DataFrame(pl.from_arrow(batch)), spec)
+                .with_row_index("idx", offset=seen)
+                .filter(pl.col("reason").is_not_null())
+                .select(pl.lit(part, dtype=pl.Int32).alias("part"), pl.col("idx").cast(pl.Int64),
+                        "reason", "person_id", "t", "lat", "lng", "group")
+            )
+            if limit is not None:
+                bad = bad.head(limit - emitted)
+            found = bad.collect()
+            emitted += found.height
+            if found.height:
+                yield from _to_batches(found, out)
+        seen += batch.num_rows
+    size = pl.DataFrame({"part": [part], "idx": [seen]}, schema={"part": pl.Int32, "idx": pl.Int64})
+    yield from _to_batches(size.with_columns(pl.lit(None).alias(c) for c in out.names[2:]), out)
+
+
+def _position_batches(batches: Iterator[pa.RecordBatch], spec: _RowSpec,
+                      out: pa.Schema) -> Iterator[pa.RecordBatch]:
+    """Validated, in-scope, in-period fixes of one batch, exact duplicates dropped."""
+    for batch in batches:
+        fixes = (
+            _validated(pl.DataFrame(pl.from_arrow(batch)), spec)
+            .filter(pl.col("status") == scope.OK)
+            .select("person_id", "t", "lat", "lng", "group")
+            .unique()
+            .collect()
+        )
+        yield from _to_batches(fixes, out)
+
+
+# --- the backend -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Input:
+    df: SparkDataFrame
+    what: str
+    #: the Polars types of a frame source before it went through Arrow to Spark
+    polars_schema: dict[str, pl.DataType] | None = None
+
+
+def _check_schema(schema: dict[str, pl.DataType], config: JobConfig) -> None:
+    """The Polars backend's schema checks, in its order, with its messages."""
+    assume_group = config.scope.assume_group
+    ingest.require_columns(schema, group_optional=assume_group is not None)
+    if assume_group is not None and "group" in schema:
+        raise SchemaError(
+            "[scope] assume_group is set but the input has a group column; remove "
+            "assume_group so each row's own group decides its scope"
+        )
+    needed = {c: schema[c] for c in ingest.REQUIRED_COLUMNS if c in schema}
+    ingest.validate(pl.LazyFrame(schema=needed), needed, config.job.timezone,
+                    assume_group=assume_group)  # raises SchemaError on unusable types
+
+
+class SparkBackend:
+    """Spark implementation of :class:`privmob.backends.Backend`.
+
+    Parameters
+    ----------
+    spark
+        The session to run on. Without one, the active session is used, or a local one
+        is started on first use (:func:`local_session`: ``local[2]``).
+
+    ``source`` may be a PySpark DataFrame, a path or URI (``hdfs://``, ``s3a://``,
+    ``file://``; a directory is read as a Parquet data set, or as CSV when every file in
+    it is ``.csv``/``.csv.gz``), a :class:`privmob.ingest.Pings` handle, or a Polars /
+    pandas frame (sent to Spark through Arrow).
+    """
+
+    name = "spark"
+
+    def __init__(self, spark: SparkSession | None = None) -> None:
+        self._spark = spark
+
+    @property
+    def spark(self) -> SparkSession:
+        if self._spark is None:
+            self._spark = local_session()
+        return self._spark
+
+    # -- sources ------------------------------------------------------------------------
+    def frame(self, source: Any) -> _Input:
+        """The source as a Spark DataFrame, with how to name it in an error message."""
+        if isinstance(source, _SparkDataFrame):
+            return _Input(source, "input Spark DataFrame")
+        if isinstance(source, str) and "://" in source:
+            return _Input(self._read_path(source, csv=_looks_csv(source)), f"input {source}")
+        if isinstance(source, str | Path) and Path(source).is_dir():
+            folder = Path(source)
+            files = [p for p in folder.rglob("*") if p.is_file() and not p.name.startswith((".", "_"))]
+            csv = bool(files) and all(_looks_csv(p.name) for p in files)
+            return _Input(self._read_path(str(folder.resolve()), csv=csv), f"input {folder}")
+        pings = ingest.read_pings(source)
+        if pings.kind == "frame":
+            assert pings.frame is not None
+            # the frame's own Polars types decide schema errors, as in the Polars backend
+            return _Input(self._from_polars(_spark_ready(pings.frame)), pings.describe(),
+                          dict(pings.frame.schema))
+        assert pings.path is not None
+        return _Input(self._read_path(str(pings.path.resolve()), csv=pings.kind == "csv"),
+                      pings.describe())
+
+    def _read_path(self, path: str, *, csv: bool) -> SparkDataFrame:
+        reader = self.spark.read
+        try:
+            if csv:
+                # Every column as text (validated per row, like the Polars backend's
+                # infer_schema=False); RFC-4180 quoting ("" inside quotes); quoted line
+                # breaks allowed, which makes one plain CSV file one task: use Parquet
+                # (or many files) for scale.
+                # An unquoted empty field is null and a quoted "" is the empty string,
+                # as in Polars: so no text may stand for null (nullValue defaults to "").
+                return reader.csv(path, header=True, inferSchema=False, multiLine=True,
+                                  escape='"', encoding="UTF-8", mode="PERMISSIVE",
+                                  nullValue=_NEVER_NULL)
+            return reader.parquet(path)
+        except Exception as exc:
+            raise InputError(f"input {path} cannot be read: {ingest.first_line(exc)}") from exc
+
+    def _from_polars(self, frame: pl.DataFrame) -> SparkDataFrame:
+        table = frame.to_arrow()
+        schema = _spark_schema(table.schema)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # pandas 3 notice from PySpark
+            try:
+                return self.spark.createDataFrame(table, schema=schema)  # type: ignore[call-overload,unused-ignore]
+            except TypeError:  # PySpark < 4 takes pandas, not Arrow
+                return self.spark.createDataFrame(table.to_pandas(), schema=schema)
+
+    def columns(self, source: Any) -> list[str]:
+        return list(self.frame(source).df.columns)
+
+    def _spec(self, source: _Input, config: JobConfig, extras: tuple[str, ...] = ()) -> _RowSpec:
+        """Check the columns exactly as the Polars backend does and fix the per-row spec."""
+        from pyspark.sql.pandas.types import to_arrow_schema
+
+        assume_group = config.scope.assume_group
+        if source.polars_schema is not None:
+            _check_schema(source.polars_schema, config)
+        # The time zone only labels instants (Arrow batches carry the session zone): any will do.
+        try:
+            arrow = to_arrow_schema(source.df.schema, timezone="UTC")
+        except TypeError:  # PySpark < 4: no time zone parameter, always UTC
+            arrow = to_arrow_schema(source.df.schema)
+        schema = dict(pl.DataFrame(arrow.empty_table()).schema)
+        _check_schema(schema, config)
+        needed = {c: schema[c] for c in ingest.REQUIRED_COLUMNS if c in schema}
+        needed.update({c: schema[c] for c in extras})
+        return _RowSpec(
+            schema=needed,
+            timezone=config.job.timezone,
+            assume_group=assume_group,
+            groups=tuple(config.scope.groups),
+            start=int(config.period_start.timestamp()),
+            end=int(config.period_end.timestamp()),
+            window_seconds=config.grid.window_seconds,
+            resolution=config.grid.resolution,
+            extras=extras,
+        )
+
+    # -- the exact aggregate --------------------------------------------------------------
+    def exact_cells(
+        self,
+        source: Any,
+        config: JobConfig,
+        pseudonymiser: Pseudonymiser,
+        key_cells: npt.NDArray[np.uint64] | None,
+    ) -> ExactCounts:
+        src = self.frame(source)
+        df, what = src.df, src.what
+        extras = tuple(c for c in df.columns if c not in ingest.REQUIRED_COLUMNS)
+        spec = self._spec(src, config, extras)
+        reduced = (
+            _map(_job_columns(df, spec), _exact_batches, _EXACT_OUT, spec=spec)
+            # One shuffle by person: every later step groups or ranks by person (plus
+            # more keys), so none of them shuffles again.
+            .repartition("person_id")
+            # distinct minutes across batches, then dwell per (person, window, cell)
+            .groupBy("status", "group", "person_id", "window", "cell", "minute")
+            .agg(F.sum("n").alias("n"))
+            .groupBy("status", "group", "person_id", "window", "cell")
+            .agg(F.count("minute").alias("minutes"), F.sum("n").alias("n"))
+        )
+        from pyspark import StorageLevel
+
+        reduced = reduced.persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            return self._exact_from(reduced, what, config, pseudonymiser, key_cells, extras,
+                                    has_group="group" in df.columns)
+        finally:
+            reduced.unpersist()
+
+    def _exact_from(self, reduced: SparkDataFrame, what: str, config: JobConfig,
+                    pseudonymiser: Pseudonymiser, key_cells: npt.NDArray[np.uint64] | None,
+                    extras: tuple[str, ...], *, has_group: bool) -> ExactCounts:
+        # Spark pays ~0.5-1 s per action even on tiny data, so the driver asks twice:
+        # (A) the row counts, PII counts, outside-boundary count and the distinct ids;
+        # (B) the bounded aggregate and the pre-bounding totals.
+        none_str, none_long = F.lit(None).cast("string"), F.lit(None).cast("long")
+        parts = [reduced.filter(F.col("status").isNotNull())
+                 .select("status", "group", "n", none_str.alias("person_id"))]
+        dwell = reduced.filter(F.col("status").isNull()).select("person_id", "window", "cell",
+                                                                "minutes", "n")
+        if key_cells is not None:
+            keys = self._from_polars(pl.DataFrame(
+                {"cell": pl.Series(key_cells, dtype=pl.UInt64).cast(pl.Int64), "_in": True}))
+            flagged = dwell.join(F.broadcast(keys), on="cell", how="left")
+            parts.append(flagged.filter(F.col("_in").isNull()).agg(F.sum("n").alias("n")).select(
+                F.lit(OUTSIDE_BOUNDARY).alias("status"), none_str.alias("group"), "n",
+                none_str.alias("person_id")))
+            dwell = flagged.filter(F.col("_in").isNotNull()).drop("_in")
+        parts.append(dwell.select("person_id").distinct().select(
+            none_str.alias("status"), none_str.alias("group"), none_long.alias("n"), "person_id"))
+        first = _collect(functools.reduce(lambda a, b: a.unionByName(b), parts), what,
+                         {"status": pl.String, "group": pl.String, "n": pl.Int64,
+                          "person_id": pl.String})
+
+        tagged = first.filter(pl.col("status").is_not_null())
+        is_pii = pl.col("status").str.starts_with("pii:")
+        is_outside = pl.col("status") == OUTSIDE_BOUNDARY
+        counted = tagged.filter(~is_pii & ~is_outside)
+        found: dict[str, dict[str, int]] = {}
+        if has_group:  # group is low-cardinality: scan the counted values, weighted
+            weighted = counted.select(
+                [(pii_expr(pl.col("group")).cast(pl.Int64) * pl.col("n")).sum().alias(f"pii:group:{kind}")
+                 for kind, pii_expr in (("resident_id", pii.resident_id), ("mobile", pii.mobile),
+                                        ("email", pii.email))]
+            )
+            found.update(pii.counts_from_row(weighted.row(0, named=True)))
+        scanned = tagged.filter(is_pii).group_by("status").agg(pl.col("n").sum())
+        found.update(pii.counts_from_row(dict(scanned.iter_rows())))
+        by_status = {str(s): int(n) for s, n in
+                     counted.group_by("status").agg(pl.col("n").sum()).iter_rows()}
+        outside = int(tagged.filter(is_outside)["n"].sum() or 0)
+        if outside:
+            by_status[scope.OK] -= outside
+            by_status[OUTSIDE_BOUNDARY] = outside
+        by_status = {s: n for s, n in by_status.items() if n}
+
+        # Pseudonyms: the distinct ids were hashed here, on the driver (the key stays
+        # here); the (id, pseudonym) pairs go back to the executors for the join.
+        ids = first.filter(pl.col("person_id").is_not_null())["person_id"]
+        pids = pseudonymiser.pseudonyms(ids)
+        mapping = self._from_polars(pl.DataFrame({"person_id": ids, "pid": pids}))
+        if ids.len() <= BROADCAST_IDS:
+            mapping = F.broadcast(mapping)
+        dwell_pid = dwell.join(mapping, on="person_id", how="inner").select(
+            "person_id", "pid", "window", "cell", "minutes")
+        # A person is a pseudonym: two ids whose pseudonyms collide (p ~ n^2/2^65) are one
+        # person to the Polars backend, so then rank by pid (one more shuffle).
+        person = "person_id" if pids.n_unique() == pids.len() else "pid"
+        kept = _bound(dwell_pid, config.privacy.max_cells_per_window, config.privacy.max_windows,
+                      person)
+        counts_q = kept.groupBy("cell", "window").agg(F.count(F.lit(1)).alias("count"),
+                                                      F.sum("minutes").alias("minutes"))
+        totals_q = dwell_pid.agg(F.count(F.lit(1)).alias("count"), F.sum("minutes").alias("minutes"))
+        second = _collect(
+            counts_q.unionByName(totals_q.select(none_long.alias("cell"),
+                                                 F.lit(None).cast("int").alias("window"),
+                                                 "count", "minutes")),
+            what, {"cell": pl.Int64, "window": pl.Int32, "count": pl.Int64, "minutes": pl.Int64})
+        totals = second.filter(pl.col("cell").is_null())
+        cells = second.filter(pl.col("cell").is_not_null())
+        counts = cells.select(
+            pl.col("cell").cast(pl.UInt64), pl.col("window").cast(pl.Int32),
+            pl.col("count").cast(pl.Int64),
+        ).sort("window", "cell")
+        stats = bound.BoundingStats(
+            person_cell_windows=int(totals["count"].sum() or 0),
+            person_cell_windows_kept=int(cells["count"].sum() or 0),
+            dwell_minutes=int(totals["minutes"].sum() or 0),
+            dwell_minutes_kept=int(cells["minutes"].sum() or 0),
+        )
+        return ExactCounts(
+            counts=counts,
+            rows_in=sum(by_status.values()),
+            rows_by_status=by_status,
+            persons=ids.len(),
+            bounding=stats,
+            pii=found,
+            identifier_names=tuple(pii.identifier_by_name(extras)),
+        )
+
+    # -- the working store and the quarantine ----------------------------------------------
+    def _fixes(self, source: Any, config: JobConfig) -> pl.DataFrame:
+        """Distinct usable fixes (person_id, t, lat, lng, group), on the driver."""
+        src = self.frame(source)
+        spec = self._spec(src, config)
+        fixes_q = _map(_job_columns(src.df, spec), _position_batches, _POSITIONS_OUT, spec=spec).distinct()
+        return _collect(fixes_q, src.what, {"person_id": pl.String, "t": pl.Int64, "lat": pl.Float64,
+                                            "lng": pl.Float64, "group": pl.String})
+
+    def fixes(self, source: Any, config: JobConfig, pseudonymiser: Pseudonymiser) -> pl.DataFrame:
+        """Usable fixes keyed by pseudonym (``pid``, ``t``, ``lat``, ``lng``), on the driver:
+        the input of stay and trip detection, as in the Polars backend."""
+        frame = self._fixes(source, config).select("person_id", "t", "lat", "lng").unique()
+        ids = frame["person_id"].unique()
+        mapping = pl.DataFrame({"person_id": ids, "pid": pseudonymiser.pseudonyms(ids)})
+        return frame.join(mapping, on="person_id", how="inner").select("pid", "t", "lat", "lng")
+
+    def positions(self, source: Any, config: JobConfig, pseudonymiser: Pseudonymiser) -> pl.DataFrame:
+        fixes = self._fixes(source, config)
+        ids = fixes["person_id"].unique()
+        mapping = pl.DataFrame({"person_id": ids, "pseudonym": pseudonymiser.hex(ids)})
+        return (
+            fixes.join(mapping, on="person_id", how="inner")
+            .select(pl.col("pseudonym").alias("person_id"), pl.col("t").alias("ts"), "lat", "lng", "group")
+            .sort("person_id", "ts")
+        )
+
+    def bad_rows(
+        self, source: Any, config: JobConfig, pseudonymiser: Pseudonymiser, limit: int | None
+    ) -> pl.DataFrame:
+        """Bad rows numbered 1, 2, ... in the order Spark reads the input.
+
+        For one file (CSV or Parquet, any number of splits) and for a Polars/pandas frame
+        that is the input order. For a directory of files Spark reads the largest files
+        first, and for a DataFrame it is the order of its partitions (as ``zipWithIndex``
+        would number it). Rows are numbered in the same pass that finds them, so the
+        numbers stay consistent even for a DataFrame whose order is not deterministic.
+        """
+        src = self.frame(source)
+        df, what = src.df, src.what
+        spec = self._spec(src, config)
+        found = _collect(
+            _map(_job_columns(df, spec), _bad_batches, _BAD_OUT, spec=spec, limit=limit),
+            what,
+            {"part": pl.Int32, "idx": pl.Int64, "reason": pl.String, "person_id": pl.String,
+             "t": pl.Int64, "lat": pl.Float64, "lng": pl.Float64, "group": pl.String},
+        )
+        sizes = found.filter(pl.col("reason").is_null()).select("part", pl.col("idx").alias("size"))
+        offsets = sizes.sort("part").with_columns(
+            (pl.col("size").cum_sum() - pl.col("size")).alias("offset")).select("part", "offset")
+        bad = (
+            found.filter(pl.col("reason").is_not_null())
+            .join(offsets, on="part", how="left")
+            .select((pl.col("offset") + pl.col("idx") + 1).cast(_ROW_DTYPE).alias("row"),
+                    "reason", "person_id", "t", "lat", "lng", "group")
+            .sort("row")
+        )
+        if limit is not None:
+            bad = bad.head(limit)
+        return bad.with_columns(
+            pseudonymiser.hex(bad["person_id"]).alias("person_pseudonym")
+        ).drop("person_id")
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+
+def _bound(dwell: SparkDataFrame, max_cells_per_window: int, max_windows: int,
+           person: str) -> SparkDataFrame:
+    """:func:`privmob.bound.bound` in Spark: the same ranks, ties and limits.
+
+    Cells of a (person, window) by minutes, then ``pid XOR cell`` (signed int64), both
+    descending; windows of a person by summed minutes, then ``pid XOR window``,
+    descending. Written as window functions over ``person`` only, so data already
+    partitioned by it is not shuffled again (a join of the kept windows would be).
+    """
+    tie_cell = F.col("pid").bitwiseXOR(F.col("cell"))
+    tie_window = F.col("pid").bitwiseXOR(F.col("window").cast("long"))
+    by_cell = Window.partitionBy(person, "window").orderBy(F.col("minutes").desc(), tie_cell.desc())
+    in_window = Window.partitionBy(person, "window")
+    # Every row of a window shares its (total, tie), and distinct windows differ in the
+    # tie, so the dense rank over rows is the rank of the window among the person's.
+    by_window = Window.partitionBy(person).orderBy(F.col("_window_minutes").desc(), tie_window.desc())
+    return (
+        dwell.withColumn("_cell_rank", F.row_number().over(by_cell))
+        .withColumn("_window_minutes", F.sum("minutes").over(in_window))
+        .withColumn("_window_rank", F.dense_rank().over(by_window))
+        .filter((F.col("_cell_rank") <= max_cells_per_window) & (F.col("_window_rank") <= max_windows))
+        .select("pid", "window", "cell", "minutes")
+    )
+
+
+def _job_columns(df: SparkDataFrame, spec: _RowSpec) -> SparkDataFrame:
+    """Only the columns the job reads (the five, plus extras for the PII scan)."""
+    return df.select(*[F.col(_quoted(c)) for c in spec.schema])
+
+
+def _map(df: SparkDataFrame, step: Callable[..., Iterator[pa.RecordBatch]], out: pa.Schema,
+         **kwargs: Any) -> SparkDataFrame:
+    """``df.mapInArrow`` of a per-row step whose batches have exactly the schema ``out``."""
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    fn = functools.partial(step, out=out, **kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # PySpark's notice about pandas 3
+        return df.mapInArrow(fn, from_arrow_schema(out))  # no timestamps in `out`
+
+
+def _collect(df: SparkDataFrame, what: str, schema: dict[str, Any]) -> pl.DataFrame:
+    """Run a query and bring its (small) result to the driver as a typed Polars frame.
+
+    Errors Spark reports about the data (a file it cannot read, a per-row step that
+    failed on a value) become :class:`InputError`, like the Polars backend's; anything
+    else (out of memory, a lost executor) is raised as Spark raised it.
+    """
+    from pyspark.errors.exceptions.captured import CapturedException
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            table = df.toArrow() if hasattr(df, "toArrow") else pa.Table.from_pandas(df.toPandas())
+    except CapturedException as exc:
+        raise InputError(f"{what} cannot be read: {_spark_message(exc)}") from exc
+    frame = pl.DataFrame(pl.from_arrow(table)) if table.num_columns else pl.DataFrame()
+    if frame.height == 0:
+        return pl.DataFrame(schema=schema)
+    return frame.select([pl.col(c).cast(t) for c, t in schema.items()])
+
+
+def _spark_message(exc: BaseException) -> str:
+    """First meaningful line of a Spark/Py4J error (the Python traceback is noise)."""
+    text = str(exc)
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith(("polars.exceptions.", "pyspark.errors.", "privmob.errors.")):
+            return line.split(": ", 1)[-1]
+    return ingest.first_line(exc)
+
+
+def _quoted(column: str) -> str:
+    return "`" + column.replace("`", "``") + "`"
+
+
+def _looks_csv(name: str) -> bool:
+    """Whether a remote path (which cannot be sniffed like a local one) names CSV."""
+    return name.lower().rstrip("/").endswith((".csv", ".csv.gz", ".csv.bz2"))
+
+
+def _spark_schema(arrow: pa.Schema) -> Any:
+    """Spark's schema for Arrow data, naive timestamps kept naive (TIMESTAMP_NTZ).
+
+    A naive datetime is local time in the job's zone, which the per-row step applies;
+    Spark's default would read it in the session's zone instead.
+    """
+    from pyspark.sql.pandas.types import from_arrow_schema
+    from pyspark.sql.types import StructField, StructType, TimestampNTZType
+
+    try:
+        return from_arrow_schema(arrow, prefer_timestamp_ntz=True)
+    except TypeError:  # PySpark < 3.5 has no prefer_timestamp_ntz
+        schema = from_arrow_schema(arrow)
+        return StructType([
+            StructField(f.name, TimestampNTZType(), f.nullable)
+            if pa.types.is_timestamp(a.type) and a.type.tz is None else f
+            for f, a in zip(schema.fields, arrow, strict=True)
+        ])
+
+
+def _spark_ready(frame: pl.DataFrame) -> pl.DataFrame:
+    """A frame whose Arrow types Spark accepts, values unchanged where it matters.
+
+    Spark has no unsigned integers and no categoricals: unsigned integers widen (UInt64
+    to Int64, where values past 2**63 - 1 become null), categoricals become text.
+    """
+    casts = []
+    for name, dtype in frame.schema.items():
+        if dtype in (pl.UInt8, pl.UInt16):
+            casts.append(pl.col(name).cast(pl.Int32))
+        elif dtype in (pl.UInt32, pl.UInt64):
+            casts.append(pl.col(name).cast(pl.Int64, strict=False))
+        elif isinstance(dtype, pl.Categorical | pl.Enum):
+            casts.append(pl.col(name).cast(pl.String))
+    return frame.with_columns(casts) if casts else frame
