@@ -520,8 +520,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if _state["debug"]:
             traceback.print_exc()
+        # The message of an unexpected exception may quote input data: only with --debug.
+        detail = f": {exc}" if _state["debug"] else ""
         _err.print(
-            f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for a traceback; "
+            f"internal error: {type(exc).__name__}{detail} (rerun with --debug for details; "
             "please report it)", markup=False,
         )
         return EXIT_INTERNAL

@@ -133,7 +133,7 @@ class JobSection:
             )
         try:
             zoneinfo.ZoneInfo(self.timezone)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError) as exc:
             raise ConfigError(
                 f"[job] timezone = {self.timezone!r} is not an IANA time zone; "
                 "use a name like 'Asia/Shanghai'"
@@ -400,7 +400,7 @@ class JobConfig:
         """Read a job file; relative paths in it are relative to the file."""
         path = Path(path)
         try:
-            text = path.read_bytes().decode("utf-8")
+            text = read_small_file(path, "job file", limit=1 << 20).decode("utf-8")
         except FileNotFoundError as exc:
             raise ConfigError(f"job file {path} does not exist") from exc
         except UnicodeDecodeError as exc:
@@ -534,6 +534,28 @@ class JobConfig:
         return hashlib.sha256(text.encode()).hexdigest()
 
 
+def read_small_file(path: Path, what: str, *, limit: int) -> bytes:
+    """Read a regular file of at most ``limit`` bytes: a FIFO, a device (``/dev/zero``) or a
+    huge file is refused instead of read forever."""
+    import stat as stat_mod
+
+    try:
+        st = path.stat()
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{what} {path} does not exist") from exc
+    except OSError as exc:
+        raise ConfigError(f"{what} {path} cannot be read: {exc.strerror}") from exc
+    if not stat_mod.S_ISREG(st.st_mode):
+        raise ConfigError(f"{what} {path} is not a regular file")
+    if st.st_size > limit:
+        raise ConfigError(f"{what} {path} is larger than {limit // (1 << 20) or 1} MB; is it the right file?")
+    with path.open("rb") as fh:
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise ConfigError(f"{what} {path} grew while being read")
+    return data
+
+
 def _reject_unknown(where: str, keys: Any, allowed: Any) -> None:
     allowed = list(allowed)
     for key in keys:
@@ -549,7 +571,10 @@ def _coerce(section: str, name: str, value: Any, base_dir: Path | None) -> Any:
             return None
         if not isinstance(value, str | Path):
             raise ConfigError(f"[{section}] {name} must be a path string")
-        path = Path(value).expanduser()
+        try:
+            path = Path(value).expanduser()
+        except RuntimeError as exc:
+            raise ConfigError(f"[{section}] {name} = {value!r}: the home folder cannot be found") from exc
         if base_dir is not None and not path.is_absolute():
             path = base_dir / path
         return path

@@ -63,11 +63,15 @@ def load_units(path: Path, prop: str, crs: str = "wgs84") -> Units:
     import geopandas as gpd
     from shapely import make_valid, union_all
 
+    from privmob.config import read_small_file
+    from privmob.errors import ConfigError
+
     try:
-        data = path.read_bytes()
+        data = read_small_file(path, "flows boundary file", limit=512 << 20)
+    except ConfigError as exc:
+        raise BoundaryError(str(exc)) from exc
+    try:
         frame = gpd.read_file(path)
-    except FileNotFoundError as exc:
-        raise BoundaryError(f"flows boundary file {path} does not exist") from exc
     except Exception as exc:  # pyogrio raises several unrelated types
         raise BoundaryError(f"flows boundary file {path} is not a readable vector layer: {exc}") from exc
     if not isinstance(frame, gpd.GeoDataFrame) or prop not in frame.columns:

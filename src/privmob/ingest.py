@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import zoneinfo
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,8 @@ BAD_REASONS: dict[str, tuple[str, str]] = {
     "lng_out_of_range": ("lng", "is outside [-180, 180]"),
     "group_missing": ("group", "is empty or null"),
 }
+
+_DUPLICATE = re.compile(r"^(.*)_duplicated_\d+$")
 
 _HINTS = {
     "person_id": ("id", "pid", "user_id", "uid", "person"),
@@ -151,6 +154,12 @@ def _is_pandas(obj: Any) -> bool:
 
 def require_columns(schema: dict[str, pl.DataType], *, group_optional: bool) -> None:
     """Fail with every missing column named (and a hint if a near name is present)."""
+    duplicated = sorted({m.group(1) for c in schema if (m := _DUPLICATE.match(c))})
+    if duplicated:
+        raise SchemaError(
+            f"column(s) {', '.join(repr(c) for c in duplicated)} appear more than once in the "
+            "input; keep one of each"
+        )
     needed = [c for c in REQUIRED_COLUMNS if not (c == "group" and group_optional)]
     missing = [c for c in needed if c not in schema]
     if not missing:
@@ -169,8 +178,23 @@ def require_columns(schema: dict[str, pl.DataType], *, group_optional: bool) -> 
         )
     if hints:
         parts.append("rename " + ", ".join(hints))
-    parts.append(f"found columns: {', '.join(schema) or '(none)'}")
+    known = [c for c in schema if _is_known_column(c)]
+    others = len(schema) - len(known)
+    found = ", ".join(repr(c) for c in known) or "none of the expected names"
+    parts.append(f"found {len(schema)} column(s): {found}"
+                 + (f" and {others} other(s) not shown (a header can be data)" if others else ""))
+    if schema and not known:
+        parts.append("does the file have a header row?")
     raise SchemaError("; ".join(parts))
+
+
+def _is_known_column(name: str) -> bool:
+    """Only names we expect are echoed: a headerless file's first row would be personal data."""
+    from privmob.pii import IDENTIFIER_NAMES
+
+    key = name.strip().lower()
+    aliases = {a for values in _HINTS.values() for a in values}
+    return key in REQUIRED_COLUMNS or key in aliases or key in IDENTIFIER_NAMES
 
 
 def validate(
@@ -284,6 +308,33 @@ def _epoch_seconds(dtype: pl.DataType, timezone: str) -> pl.Expr:
     return pl.coalesce(candidates)
 
 
+_READ_ERRORS = (
+    ("quote", "a quoted field is not closed"),
+    ("utf-8", "it is not valid UTF-8 text"),
+    ("utf8", "it is not valid UTF-8 text"),
+    ("parquet", "it is not a valid Parquet file (truncated or corrupt)"),
+    ("magic", "it is not a valid Parquet file (truncated or corrupt)"),
+    ("gzip", "its compressed stream is truncated or corrupt"),
+    ("decompress", "its compressed stream is truncated or corrupt"),
+    ("deflate", "its compressed stream is truncated or corrupt"),
+    ("eof", "it ends unexpectedly"),
+    ("end of file", "it ends unexpectedly"),
+    ("fields", "a row has the wrong number of fields"),
+    ("columns", "a row has the wrong number of fields"),
+    ("permission denied", "permission denied"),
+    ("no such file", "the file does not exist"),
+    ("is a directory", "it is a directory"),
+)
+
+
 def first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+    """Why reading failed, in words that never quote the input.
+
+    Parser messages echo the offending row (ids, places, times); error messages and the
+    audit log must not, so only a category is kept. ``--debug`` shows the original.
+    """
+    text = str(exc).lower()
+    for needle, why in _READ_ERRORS:
+        if needle in text:
+            return why
+    return f"{type(exc).__name__} while parsing (details withheld: they may quote personal data)"

@@ -66,12 +66,13 @@ def load_boundary(path: Path, where: Mapping[str, str] | None = None,
     from shapely import make_valid, union_all
 
     where = dict(where or {})
+    from privmob.config import read_small_file
+    from privmob.errors import ConfigError
+
     try:
-        data = path.read_bytes()
-    except FileNotFoundError as exc:
-        raise BoundaryError(f"boundary file {path} does not exist") from exc
-    except OSError as exc:
-        raise BoundaryError(f"boundary file {path} cannot be read: {exc.strerror}") from exc
+        data = read_small_file(path, "boundary file", limit=512 << 20)
+    except ConfigError as exc:
+        raise BoundaryError(str(exc)) from exc
     try:
         frame = gpd.read_file(path)
     except Exception as exc:  # pyogrio raises several unrelated types

@@ -28,6 +28,7 @@ import numpy.typing as npt
 
 from privmob.accountant import PrivacyCost, exact
 from privmob.config import PrivacyConfig
+from privmob.errors import ConfigError
 
 __all__ = ["NoiseModel", "Sensitivity", "calibrate", "noise_counts", "threshold_counts"]
 
@@ -148,6 +149,7 @@ def calibrate(privacy: PrivacyConfig, sensitivity: Sensitivity, *,
     eps = exact(privacy.epsilon)
     if privacy.mechanism == "laplace":
         scale = sensitivity.l1 / privacy.epsilon
+        _check_scale(scale, privacy.epsilon)
         model = NoiseModel("laplace", scale, sensitivity, PrivacyCost(eps))
         spent = model.measurement().map(sensitivity.l1)
         if spent > privacy.epsilon * (1 + 1e-12):  # pragma: no cover - OpenDP is the judge
@@ -164,7 +166,12 @@ def calibrate(privacy: PrivacyConfig, sensitivity: Sensitivity, *,
             return dp.c.make_fix_delta(dp.c.make_zCDP_to_approxDP(meas), delta_conv)
 
         # ρ for sensitivity 1 at σ = 1/√(2ρ) is exactly ρ; search the largest ρ that fits.
-        lo, hi = 1e-9, 10.0
+        lo, hi = 1e-14, 10.0
+        if to_approx(lo).map(1.0)[0] > privacy.epsilon:
+            raise ConfigError(
+                f"epsilon = {privacy.epsilon:g} is too small for the Gaussian mechanism at "
+                f"delta = {delta_conv:.3g}; use a larger epsilon or mechanism = 'laplace'"
+            )
         for _ in range(200):
             mid = math.sqrt(lo * hi)
             if to_approx(mid).map(1.0)[0] <= privacy.epsilon:
@@ -175,11 +182,25 @@ def calibrate(privacy: PrivacyConfig, sensitivity: Sensitivity, *,
                 break
         rho = lo
     scale = sensitivity.l2 / math.sqrt(2 * rho)
+    _check_scale(scale, privacy.epsilon)
     probe = NoiseModel("gaussian", scale, sensitivity, PrivacyCost(eps))
     rho_spent = float(probe.measurement().map(sensitivity.l2))
     epsilon = eps if privacy.rho is None else exact(rho_to_epsilon(rho_spent, delta_conv))
     cost = PrivacyCost(epsilon, exact(delta_conv), Fraction(repr(rho_spent)))
     return NoiseModel("gaussian", scale, sensitivity, cost)
+
+
+#: Noise beyond this scale would bury any count of people in a city (and the exact noise
+#: distribution privmob computes for intervals and thresholds would not fit in memory).
+MAX_SCALE = 20_000.0
+
+
+def _check_scale(scale: float, epsilon: float) -> None:
+    if scale > MAX_SCALE:
+        raise ConfigError(
+            f"epsilon = {epsilon:g} needs noise of scale {scale:,.0f}: no count of people could "
+            "ever be told from noise; raise epsilon or lower max_windows / max_cells_per_window"
+        )
 
 
 def rho_to_epsilon(rho: float, delta: float) -> float:

@@ -409,7 +409,9 @@ class Plan:
                 step("write release")
                 released.write(out, signing_key=signer, reports=cfg.job.reports)
         except BaseException as exc:
-            reason = f"{type(exc).__name__}: {first_line(exc)}"
+            # Our own messages never quote data; anything else is reduced to a category.
+            detail = str(exc) if isinstance(exc, PrivmobError) else first_line(exc)
+            reason = f"{type(exc).__name__}: {detail}"
             if ledger is not None and charge is not None:
                 ledger.cancel(charge, reason)
             if audit is not None:
@@ -437,6 +439,11 @@ class Plan:
         engine = get_backend(backend or cfg.job.backend)
         exact = engine.exact_cells(source, cfg, pseudonymiser, self.key_cells)
         timings["exact"] = time.perf_counter() - tick
+        if exact.rows_in == 0:
+            raise InputError(
+                f"{source.describe() if isinstance(source, Pings) else 'the input'} has no rows: "
+                "nothing to release (an empty day is not a release; check the export)"
+            )
 
         kept_pii = {c: k for c, k in exact.pii.items() if c in KEPT_COLUMNS}
         if kept_pii:

@@ -38,12 +38,15 @@ def load_key(key_file: Path | None, key_env: str) -> bytes:
                 f"pseudonymisation key file {key_file} does not exist; create one with "
                 f"`privmob keys pseudonym {key_file}`"
             ) from exc
+        if not stat.S_ISREG(st.st_mode):
+            raise KeyFileError(f"pseudonymisation key file {key_file} is not a regular file")
         if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
             raise KeyFileError(
                 f"pseudonymisation key file {key_file} is accessible by group/others "
                 f"(mode {stat.S_IMODE(st.st_mode):04o}); fix it with `chmod 600 {key_file}`"
             )
-        key = key_file.read_bytes().strip()
+        with key_file.open("rb") as fh:
+            key = fh.read(4096).strip()
         source = f"key file {key_file}"
     else:
         value = os.environ.get(key_env)

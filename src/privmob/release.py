@@ -188,7 +188,9 @@ class ReleasedTable:
             )
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+            _remove_stale_partials(target)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-{os.getpid()}-",
+                                        dir=target.parent))
         except OSError as exc:
             raise ReleaseWriteError(
                 f"cannot create the release folder beside {target}: {exc.strerror}; "
@@ -299,6 +301,29 @@ class ReleasedTable:
         (folder / "flows.geojson").write_text(json.dumps(
             {"type": "FeatureCollection", "privmob": {"release_id": release_id, "marking": marking},
              "features": features}, ensure_ascii=False), encoding="utf-8")
+
+
+def _remove_stale_partials(target: Path) -> None:
+    """Delete hidden half-written folders of runs that died before their rename.
+
+    A run killed between writing and renaming leaves ``.NAME.partial-PID-*``; it was never
+    published (its budget is settled as spent by the ledger), and must not be mistaken for a
+    release later. Folders of live processes are left alone.
+    """
+    for stale in target.parent.glob(f".{target.name}.partial-*"):
+        pid_text = stale.name.rsplit(".partial-", 1)[1].split("-", 1)[0]
+        if not pid_text.isdigit():
+            continue
+        pid = int(pid_text)
+        try:
+            os.kill(pid, 0)
+            alive = pid != os.getpid() or False
+        except ProcessLookupError:
+            alive = False
+        except PermissionError:
+            alive = True
+        if not alive:
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def _fsync_dir(path: Path) -> None:

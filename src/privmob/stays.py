@@ -9,8 +9,9 @@ consecutive stays.
 Definition (what :func:`stays` computes, exactly)
 -------------------------------------------------
 Fixes are sorted by ``(pid, t, lat, lng)`` (so the input row order never matters) and
-exact duplicate rows are dropped. Distances are haversine on a sphere of radius
-:data:`EARTH_RADIUS_M`.
+exact duplicate rows are dropped. Distances are great-circle distances on a sphere of
+radius :data:`EARTH_RADIUS_M` (compared as chord lengths between unit vectors, which is
+the haversine formula to ~1e-12 relative — nanometres — without a sine per pair).
 
 1. **Segments.** A person's fixes are cut into segments wherever two consecutive fixes
    are more than ``max_gap_s`` apart: no data is not evidence of staying.
@@ -37,7 +38,10 @@ exact duplicate rows are dropped. Distances are haversine on a sphere of radius
    is the one addition to the textbook: an anchor off the middle of a place (the first
    fix on arrival) or one multipath outlier otherwise splits an eight-hour stay in two
    and creates a trip from a place to itself. The fixes between merged stay points
-   (the outlier, the short absence) are not averaged into the centroid.
+   (the outlier, the short absence) are not averaged into the centroid. Each pair of
+   neighbours is compared by its own centroids, so a chain of merges could in principle
+   drift further than the radius (it would need a stay creeping along by < radius at a
+   time with pauses shorter than ``min_duration_s``).
 
 A stay's centroid is the normalised mean of its fixes' unit vectors (correct across the
 antimeridian), its times are those of its first and last fix.
@@ -51,18 +55,22 @@ anchors*: fix ``i`` qualifies when every fix up to ``k(i)`` — the first fix at
 first qualifying anchor ``q`` of a segment, its stay up to ``j(q)``, the first
 qualifying anchor at or after ``j(q)``, and so on. So
 
-* qualification is decided for all fixes of all persons at once from exact range
-  extrema of latitude and longitude over ``(i, k(i)]`` (a sparse table built one level
-  at a time), which bound the farthest fix from below and above; only fixes whose
-  bounds straddle the radius are checked fix by fix;
+* qualification is decided for all fixes of all persons at once: k(i) by one
+  ``searchsorted``; the fix at k(i) itself rules out nearly every moving fix; short
+  windows (sparse phones) are checked offset by offset; long windows (dense loggers)
+  get exact range extrema of latitude and longitude over ``(i, k(i)]`` (a sparse table
+  built one level at a time over only the fixes still needed), which bound the
+  farthest fix from below and above, and only the fixes whose bounds straddle the
+  radius are checked fix by fix;
 * the chain of stays is walked for all segments in parallel, one stay per step, each
   stay's end found by a vectorised forward scan in doubling blocks.
 
 The work is O(n log w) for n fixes and w fixes per ``min_duration_s`` window, plus
-O(fixes inside stays) distance evaluations, and the number of Python-level steps grows
-with the most stays in one segment, never with the number of fixes or persons. The
-result is identical to the loop above (``tests/unit/test_stays.py`` checks it against
-a plain per-person Python implementation).
+O(fixes inside stays) distance evaluations; the number of Python-level steps grows with
+the most stays in one segment (times the log of a stay's length), never with the number
+of fixes or persons. Memory is ~100 bytes per fix on top of the input. The result is
+identical to the loop above: ``tests/unit/test_stays.py`` compares it with a plain
+per-person Python implementation of this definition, with and without the merge.
 
 Examples
 --------
@@ -117,7 +125,7 @@ _I64 = npt.NDArray[np.int64]
 _B = npt.NDArray[np.bool_]
 
 _FIRST_BLOCK = 32  # fixes scanned per element in the first step of a forward scan
-_MAX_BATCH = 1 << 22  # distance evaluations per scan step (bounds the scan's memory)
+_MAX_BATCH = 1 << 20  # distance evaluations per scan step (bounds the scan's memory)
 _CHUNK = 1 << 20  # pairs per chunk in element-wise distance checks
 _MARGIN = 1e-9  # relative slack that keeps the range bounds rigorous under rounding
 _SHORT_WINDOW = 8  # windows of at most this many fixes are checked fix by fix, offset by offset
@@ -131,12 +139,14 @@ class StayParams:
     ----------
     radius_m
         Every fix of a stay point is within this distance of its anchor (metres). 200 m is
-        about the edge of an H3 resolution-9 cell (0.1 km², ~170 m edge) and ~5× the
+        about the edge of an H3 resolution-9 cell (0.105 km², ~174 m edge) and ~5× the
         typical error of a consumer GPS fix in a city (10–50 m, worse near tall
         buildings), so jitter does not end a stay but walking to the next block does.
     min_duration_s
         Shortest stay (first to last fix), seconds. 10 minutes keeps a shop visit or a
-        school run and drops traffic lights, jams and bus stops (usually < 5 min).
+        school run and drops traffic lights, jams and bus stops (usually < 5 min). Also
+        the longest absence that still merges two stay points at the same place into
+        one stay: an absence too short to be a stay elsewhere is not a trip.
     max_gap_s
         Two consecutive fixes further apart in time than this end a stay (and start a new
         segment): no data is not evidence of staying. One hour bridges a phone that
@@ -259,7 +269,7 @@ def trips(stay_frame: pl.DataFrame) -> pl.DataFrame:
 
 @dataclass(frozen=True)
 class _Fixes:
-    """Sorted, de-duplicated fixes as arrays, with the trigonometry the distances need."""
+    """Sorted, de-duplicated fixes as arrays, with the unit vectors distances are taken on."""
 
     pid: _I64
     t: _I64
@@ -269,6 +279,7 @@ class _Fixes:
     y: _F64
     z: _F64
     seg: _I64  # segment number (global, increasing)
+    seg_start: _I64  # per segment: index of its first fix
     seg_end: _I64  # per fix: index one past the last fix of its segment
 
     @property
@@ -370,6 +381,7 @@ def _prepare(fixes: pl.DataFrame | pl.LazyFrame, max_gap_s: int) -> _Fixes:
             order = np.argsort(key)  # ties are put in a fixed order below
             pid, t, lat, lng = pid[order], t[order], lat[order], lng[order]
             key = key[order]
+            del order
         same_key = key[1:] == key[:-1]
         del key
         if same_key.any():  # order ties by position, then drop exact duplicates
@@ -393,17 +405,24 @@ def _prepare(fixes: pl.DataFrame | pl.LazyFrame, max_gap_s: int) -> _Fixes:
     seg = np.cumsum(new_seg, dtype=np.int64) - 1
     starts = np.flatnonzero(new_seg)
     ends = np.append(starts[1:], n).astype(np.int64)
-    phi, lam = np.radians(lat), np.radians(lng)
-    cos_phi = np.cos(phi)
+    # Unit vectors, with as few full-size temporaries as possible.
+    lam = np.radians(lng)
+    cos_phi = np.cos(np.radians(lat))
+    x = np.cos(lam)
+    x *= cos_phi
+    y = np.sin(lam)
+    y *= cos_phi
+    del lam, cos_phi
     return _Fixes(
         pid=np.ascontiguousarray(pid, dtype=np.int64),
         t=np.ascontiguousarray(t, dtype=np.int64),
         lat=np.ascontiguousarray(lat),
         lng=np.ascontiguousarray(lng),
-        x=cos_phi * np.cos(lam),
-        y=cos_phi * np.sin(lam),
-        z=np.sin(phi),
+        x=x,
+        y=y,
+        z=np.sin(np.radians(lat)),
         seg=seg,
+        seg_start=starts.astype(np.int64),
         seg_end=ends[seg],
     )
 
@@ -476,9 +495,12 @@ def _window_end(f: _Fixes, min_duration_s: int) -> _I64:
     if n_seg * span >= 2**62:
         raise SchemaError("stays: the time span of the fixes is too long to index (t must be epoch seconds)")
     key = f.seg * span + (f.t - t0)
-    k = np.searchsorted(key, key + min_duration_s, side="left").astype(np.int64)
-    out: _I64 = np.where(k < f.seg_end, k, -1)
-    return out
+    k = np.empty(f.n, dtype=np.int64)
+    for a in range(0, f.n, 2 * _CHUNK):
+        b = a + 2 * _CHUNK
+        k[a:b] = np.searchsorted(key, key[a:b] + min_duration_s, side="left")
+    k[k >= f.seg_end] = -1
+    return k
 
 
 def _qualifying(f: _Fixes, k: _I64, thr: float) -> _B:
@@ -492,11 +514,21 @@ def _qualifying(f: _Fixes, k: _I64, thr: float) -> _B:
       :func:`_bounds`): below the radius for sure → qualifies; beyond for sure → not.
       Only the few in between (a cloud a little wider than the radius diagonally, the
       arrival at a place) are checked fix by fix.
+
+    Fixes are taken in chunks of 2^21, which bounds the temporaries (a chunk's windows
+    may reach past its end; they are read, not cut).
     """
     q = np.zeros(f.n, dtype=np.bool_)
-    cand = np.flatnonzero(k >= 0)
+    for a in range(0, f.n, 2 * _CHUNK):
+        _qualifying_part(f, k, thr, a, min(a + 2 * _CHUNK, f.n), q)
+    return q
+
+
+def _qualifying_part(f: _Fixes, k: _I64, thr: float, a: int, b: int, q: _B) -> None:
+    """:func:`_qualifying` for the fixes ``a .. b-1``, marked in ``q``."""
+    cand = a + np.flatnonzero(k[a:b] >= 0)
     if cand.size == 0:
-        return q
+        return
     kc = k[cand]
     near = _within(f, cand, kc, thr)
     cand, kc = cand[near], kc[near]
@@ -520,17 +552,16 @@ def _qualifying(f: _Fixes, k: _I64, thr: float) -> _B:
         ci, ck = long_i[unsure], long_k[unsure]
         if ci.size:
             q[ci[_first_outside(f, ci, ci + 1, ck + 1, thr) > ck]] = True
-    return q
 
 
 def _range_extrema(f: _Fixes, lo: _I64, hi: _I64) -> tuple[_F64, _F64, _F64, _F64]:
     """Min/max of latitude and longitude (radians) over the index ranges ``[lo, hi]``.
 
-    A sparse table (the extrema of every run of 2^level fixes) built one level at a time:
-    the ranges that need level l are answered from two overlapping runs, then the table
-    is cut down to the fixes that the longer ranges still cover before level l+1 is
-    made. Memory stays at about one level, and the work shrinks with the levels: only
-    dense loggers' stays need the deep ones.
+    A sparse table (the extrema of every run of 2^level fixes) built one level at a time
+    over only the fixes the remaining ranges cover: the ranges that need level l are
+    answered from two overlapping runs, then level l+1 is made from level l. Memory
+    stays at about one level, and the work shrinks with the levels: only dense loggers'
+    stays need the deep ones.
     """
     length = hi - lo + 1
     level = np.zeros(length.size, dtype=np.int64)
@@ -543,13 +574,26 @@ def _range_extrema(f: _Fixes, lo: _I64, hi: _I64) -> tuple[_F64, _F64, _F64, _F6
     reducers = (np.minimum, np.maximum, np.minimum, np.maximum)
     first = int(lo.min())
     last = int(hi.max())
-    phi, lam = np.radians(f.lat[first : last + 1]), np.radians(f.lng[first : last + 1])
-    tables: list[_F64] = [phi, phi, lam, lam]
+    lat, lng = f.lat[first : last + 1], f.lng[first : last + 1]
     lo, hi = lo - first, hi - first
-    span = last - first + 1
+    span = last - first + 1  # positions (fixes); the level-l table is 2^l - 1 shorter
     qid = np.arange(lo.size)  # which query each remaining (lo, hi) answers
+    tables: list[_F64] = []
     for lev in range(top + 1):
         width = 1 << lev
+        # Keep only the fixes that the remaining ranges cover (never the moving ones).
+        cover = np.cumsum(np.bincount(lo, minlength=span + 1) - np.bincount(hi + 1, minlength=span + 1))
+        cover = cover[:span] > 0
+        if lev == 0:
+            phi, lam = np.radians(lat[cover]), np.radians(lng[cover])
+            tables = [phi, phi, lam, lam]
+        elif not cover.all():
+            keep = cover[: tables[0].size]
+            tables = [tab[keep] for tab in tables]
+        if not cover.all():
+            newpos = np.cumsum(cover) - 1
+            lo, hi = newpos[lo], newpos[hi]
+            span = int(newpos[-1]) + 1
         sel = level == lev
         if sel.any():
             a, b = lo[sel], hi[sel] - width + 1
@@ -559,15 +603,6 @@ def _range_extrema(f: _Fixes, lo: _I64, hi: _I64) -> tuple[_F64, _F64, _F64, _F6
             break
         rest = ~sel
         level, lo, hi, qid = level[rest], lo[rest], hi[rest], qid[rest]
-        # Positions are fixes (``span`` of them); the level-lev table is width - 1 shorter.
-        cover = np.cumsum(np.bincount(lo, minlength=span + 1) - np.bincount(hi + 1, minlength=span + 1))
-        cover = cover[:span] > 0
-        if not cover.all():
-            newpos = np.cumsum(cover) - 1
-            lo, hi = newpos[lo], newpos[hi]
-            span = int(newpos[-1]) + 1
-            keep = cover[: tables[0].size]
-            tables = [tab[keep] for tab in tables]
         tables = [red(tab[:-width], tab[width:]) for tab, red in zip(tables, reducers, strict=True)]
     return out[0], out[1], out[2], out[3]
 
@@ -604,7 +639,7 @@ def _first_outside(f: _Fixes, anchor: _I64, start: _I64, stop: _I64, thr: float)
     All anchors are scanned together, each in blocks whose length doubles at every step
     (32, 64, ...): a short run costs one small step, a stay of 30,000 fixes about ten,
     and an anchor leaves the batch as soon as its answer is known. A step evaluates at
-    most ~4M distances (the anchors that do not fit wait for the next step), which bounds
+    most ~1M distances (the anchors that do not fit wait for the next step), which bounds
     memory however many anchors there are.
     """
     big = np.iinfo(np.int64).max
@@ -647,8 +682,7 @@ def _walk(f: _Fixes, k: _I64, qualifies: _B, thr: float) -> tuple[_I64, _I64]:
     if anchors.size == 0:
         empty = np.empty(0, dtype=np.int64)
         return empty, empty
-    seg_first = np.flatnonzero(np.diff(f.seg, prepend=-1))
-    pos = seg_first
+    pos = f.seg_start
     while pos.size:
         slot = np.searchsorted(anchors, pos)
         q = anchors[np.minimum(slot, anchors.size - 1)]

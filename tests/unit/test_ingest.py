@@ -217,7 +217,18 @@ def test_require_columns_names_every_missing_column_and_gives_rename_hints() -> 
     assert "'uid' → 'person_id'" in msg
     assert "'Timestamp' → 'ts'" in msg
     assert "'status' → 'group'" in msg
-    assert "found columns: uid, Timestamp, latitude, longitude, status" in msg
+    assert "found 5 column(s): 'uid', 'Timestamp', 'latitude', 'longitude', 'status'" in msg
+
+
+def test_require_columns_never_echoes_a_data_row_taken_for_a_header() -> None:
+    # A headerless CSV: its first row (an id, a time, a place) becomes the "column names".
+    schema = {"rawid-0001": pl.String, "2026-11-26T08:00:00+08:00": pl.String,
+              "39.9": pl.String, "116.4": pl.String, "close_contact": pl.String}
+    with pytest.raises(SchemaError) as info:
+        require_columns(schema, group_optional=False)
+    msg = str(info.value)
+    assert "rawid-0001" not in msg and "39.9" not in msg
+    assert "5 other(s) not shown" in msg and "header row" in msg
 
 
 def test_require_columns_only_missing_ones_are_named() -> None:

@@ -70,7 +70,10 @@ with warnings.catch_warnings():
     # that import announces (FutureWarning) that its *pandas* APIs are not validated on
     # pandas 3 yet. privmob moves data through Arrow, not pandas: import them quietly.
     warnings.simplefilter("ignore", FutureWarning)
-    import pyspark.testing.utils  # noqa: F401
+    try:
+        import pyspark.testing.utils  # noqa: F401
+    except ImportError:  # PySpark 3.5's test helpers import pandas-on-Spark, which
+        pass  # fails on pandas 3; nothing here needs them, they were only pre-imported
 
 __all__ = ["SparkBackend", "local_session"]
 
@@ -93,6 +96,9 @@ _BAD_OUT = pa.schema([("part", pa.int32()), ("idx", pa.int64()), ("reason", pa.s
                       ("lng", pa.float64()), ("group", pa.string())])
 _POSITIONS_OUT = pa.schema([("person_id", pa.string()), ("t", pa.int64()), ("lat", pa.float64()),
                             ("lng", pa.float64()), ("group", pa.string())])
+
+#: Where Spark's CSV reader puts a line whose field count is not the header's.
+_MALFORMED = "_privmob_malformed_line"
 
 #: A CSV nullValue no cell will ever hold (see SparkBackend._read_path).
 _NEVER_NULL = "\uffff<privmob: no text means null>\uffff"
@@ -158,10 +164,32 @@ class _RowSpec:
     window_seconds: int
     resolution: int
     extras: tuple[str, ...] = ()
+    #: CSV only: the header's field count (a longer line fails the job, as in Polars).
+    csv_fields: int | None = None
+
+
+def _check_lines(frame: pl.DataFrame, spec: _RowSpec) -> None:
+    """Fail on a CSV line with more fields than the header, as Polars' reader does.
+
+    Spark's reader keeps such a line (dropping the surplus), and marks it, like a line
+    with too few fields (which Polars too fills with nulls), in the malformed-line
+    column; only the marked lines, which are rare, are split again here to tell the two
+    apart. The message names no value.
+    """
+    if spec.csv_fields is None:
+        return
+    import csv
+    import io
+
+    for line in frame[_MALFORMED].drop_nulls().to_list():
+        for fields in csv.reader(io.StringIO(line)):
+            if len(fields) > spec.csv_fields:
+                raise InputError("found more fields than defined in 'Schema'")
 
 
 def _validated(frame: pl.DataFrame, spec: _RowSpec) -> pl.LazyFrame:
     """The Polars backend's validated frame with its ``status``, for one batch."""
+    _check_lines(frame, spec)
     lf = ingest.validate(frame.lazy(), spec.schema, spec.timezone, assume_group=spec.assume_group)
     return lf.with_columns(scope.status(spec.groups, spec.start, spec.end).alias("status"))
 
@@ -258,6 +286,13 @@ class _Input:
     what: str
     #: the Polars types of a frame source before it went through Arrow to Spark
     polars_schema: dict[str, pl.DataType] | None = None
+    #: CSV sources: the header's field count (the frame has a malformed-line column too)
+    csv_fields: int | None = None
+
+    @property
+    def columns(self) -> list[str]:
+        """The input's own columns."""
+        return [c for c in self.df.columns if not (self.csv_fields is not None and c == _MALFORMED)]
 
 
 def _check_schema(schema: dict[str, pl.DataType], config: JobConfig) -> None:
@@ -306,12 +341,12 @@ class SparkBackend:
         if isinstance(source, _SparkDataFrame):
             return _Input(source, "input Spark DataFrame")
         if isinstance(source, str) and "://" in source:
-            return _Input(self._read_path(source, csv=_looks_csv(source)), f"input {source}")
+            return self._read_path(source, csv=_looks_csv(source), what=f"input {source}")
         if isinstance(source, str | Path) and Path(source).is_dir():
             folder = Path(source)
             files = [p for p in folder.rglob("*") if p.is_file() and not p.name.startswith((".", "_"))]
             csv = bool(files) and all(_looks_csv(p.name) for p in files)
-            return _Input(self._read_path(str(folder.resolve()), csv=csv), f"input {folder}")
+            return self._read_path(str(folder.resolve()), csv=csv, what=f"input {folder}")
         pings = ingest.read_pings(source)
         if pings.kind == "frame":
             assert pings.frame is not None
@@ -319,25 +354,29 @@ class SparkBackend:
             return _Input(self._from_polars(_spark_ready(pings.frame)), pings.describe(),
                           dict(pings.frame.schema))
         assert pings.path is not None
-        return _Input(self._read_path(str(pings.path.resolve()), csv=pings.kind == "csv"),
-                      pings.describe())
+        return self._read_path(str(pings.path.resolve()), csv=pings.kind == "csv", what=pings.describe())
 
-    def _read_path(self, path: str, *, csv: bool) -> SparkDataFrame:
-        reader = self.spark.read
+    def _read_path(self, path: str, *, csv: bool, what: str) -> _Input:
+        from pyspark.sql.types import StringType, StructField, StructType
+
         try:
-            if csv:
-                # Every column as text (validated per row, like the Polars backend's
-                # infer_schema=False); RFC-4180 quoting ("" inside quotes); quoted line
-                # breaks allowed, which makes one plain CSV file one task: use Parquet
-                # (or many files) for scale.
-                # An unquoted empty field is null and a quoted "" is the empty string,
-                # as in Polars: so no text may stand for null (nullValue defaults to "").
-                return reader.csv(path, header=True, inferSchema=False, multiLine=True,
-                                  escape='"', encoding="UTF-8", mode="PERMISSIVE",
-                                  nullValue=_NEVER_NULL)
-            return reader.parquet(path)
+            if not csv:
+                return _Input(self.spark.read.parquet(path), what)
+            # Every column as text (validated per row, like the Polars backend's
+            # infer_schema=False); RFC-4180 quoting ("" inside quotes); quoted line
+            # breaks allowed, which makes one plain CSV file one task: use Parquet (or
+            # many files) for scale. An unquoted empty field is null and a quoted "" is
+            # the empty string, as in Polars: so no text may stand for null.
+            options: dict[str, Any] = {"header": True, "multiLine": True, "escape": '"',
+                                       "encoding": "UTF-8", "nullValue": _NEVER_NULL}
+            header = self.spark.read.csv(path, inferSchema=False, **options).schema
+            schema = StructType([StructField(f.name, StringType()) for f in header.fields]
+                                + [StructField(_MALFORMED, StringType())])
+            df = self.spark.read.csv(path, schema=schema, mode="PERMISSIVE",
+                                     columnNameOfCorruptRecord=_MALFORMED, **options)
+            return _Input(df, what, csv_fields=len(header.fields))
         except Exception as exc:
-            raise InputError(f"input {path} cannot be read: {ingest.first_line(exc)}") from exc
+            raise InputError(f"{what} cannot be read: {_spark_message(exc)}") from exc
 
     def _from_polars(self, frame: pl.DataFrame) -> SparkDataFrame:
         table = frame.to_arrow()
@@ -350,7 +389,7 @@ class SparkBackend:
                 return self.spark.createDataFrame(table.to_pandas(), schema=schema)
 
     def columns(self, source: Any) -> list[str]:
-        return list(self.frame(source).df.columns)
+        return self.frame(source).columns
 
     def _spec(self, source: _Input, config: JobConfig, extras: tuple[str, ...] = ()) -> _RowSpec:
         """Check the columns exactly as the Polars backend does and fix the per-row spec."""
@@ -360,10 +399,11 @@ class SparkBackend:
         if source.polars_schema is not None:
             _check_schema(source.polars_schema, config)
         # The time zone only labels instants (Arrow batches carry the session zone): any will do.
+        own = source.df.select(*[_quoted(c) for c in source.columns]).schema
         try:
-            arrow = to_arrow_schema(source.df.schema, timezone="UTC")
+            arrow = to_arrow_schema(own, timezone="UTC")
         except TypeError:  # PySpark < 4: no time zone parameter, always UTC
-            arrow = to_arrow_schema(source.df.schema)
+            arrow = to_arrow_schema(own)
         schema = dict(pl.DataFrame(arrow.empty_table()).schema)
         _check_schema(schema, config)
         needed = {c: schema[c] for c in ingest.REQUIRED_COLUMNS if c in schema}
@@ -378,6 +418,7 @@ class SparkBackend:
             window_seconds=config.grid.window_seconds,
             resolution=config.grid.resolution,
             extras=extras,
+            csv_fields=source.csv_fields,
         )
 
     # -- the exact aggregate --------------------------------------------------------------
@@ -390,7 +431,7 @@ class SparkBackend:
     ) -> ExactCounts:
         src = self.frame(source)
         df, what = src.df, src.what
-        extras = tuple(c for c in df.columns if c not in ingest.REQUIRED_COLUMNS)
+        extras = tuple(c for c in src.columns if c not in ingest.REQUIRED_COLUMNS)
         spec = self._spec(src, config, extras)
         reduced = (
             _map(_job_columns(df, spec), _exact_batches, _EXACT_OUT, spec=spec)
@@ -408,7 +449,7 @@ class SparkBackend:
         reduced = reduced.persist(StorageLevel.MEMORY_AND_DISK)
         try:
             return self._exact_from(reduced, what, config, pseudonymiser, key_cells, extras,
-                                    has_group="group" in df.columns)
+                                    has_group="group" in src.columns)
         finally:
             reduced.unpersist()
 
@@ -596,8 +637,10 @@ def _bound(dwell: SparkDataFrame, max_cells_per_window: int, max_windows: int,
 
 
 def _job_columns(df: SparkDataFrame, spec: _RowSpec) -> SparkDataFrame:
-    """Only the columns the job reads (the five, plus extras for the PII scan)."""
-    return df.select(*[F.col(_quoted(c)) for c in spec.schema])
+    """Only the columns the job reads (the five, extras for the PII scan, and for CSV
+    the malformed-line marker)."""
+    names = list(spec.schema) + ([_MALFORMED] if spec.csv_fields is not None else [])
+    return df.select(*[F.col(_quoted(c)) for c in names])
 
 
 def _map(df: SparkDataFrame, step: Callable[..., Iterator[pa.RecordBatch]], out: pa.Schema,
