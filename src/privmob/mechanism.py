@@ -239,9 +239,15 @@ def threshold_counts(model: NoiseModel, keys: Sequence[str], counts: Sequence[in
 
     Returns the kept keys with noisy counts, the threshold used and its δ.
     """
+    make, _ = _threshold_measurement(model)
+    lo, spent = threshold_for(model, min_threshold, delta)
+    released = make(lo)(dict(zip(keys, (int(c) for c in counts), strict=True)))
+    return dict(released), lo, spent
+
+
+def _threshold_measurement(model: NoiseModel) -> tuple[Any, tuple[int, int, int]]:
     dp = _dp()
     dom = dp.map_domain(dp.atom_domain(T=str), dp.atom_domain(T=int))
-    s = model.sensitivity
     if model.mechanism == "laplace":
         metric = dp.l01inf_distance(dp.absolute_distance(T=int))
 
@@ -253,7 +259,16 @@ def threshold_counts(model: NoiseModel, keys: Sequence[str], counts: Sequence[in
         def make(t: int) -> Any:
             return dp.m.make_gaussian_threshold(dom, metric, scale=model.scale, threshold=t)
 
-    d_in = (s.l0, s.l1, 1)
+    s = model.sensitivity
+    return make, (s.l0, s.l1, 1)
+
+
+def threshold_for(model: NoiseModel, min_threshold: int, delta: float) -> tuple[int, float]:
+    """The smallest threshold ≥ ``min_threshold`` whose δ (OpenDP's map) is ≤ ``delta``.
+
+    Data-independent, so :meth:`Plan.explain` can state it before any data is read.
+    """
+    make, d_in = _threshold_measurement(model)
 
     def delta_at(t: int) -> float:
         return float(make(t).map(d_in)[1])
@@ -270,6 +285,4 @@ def threshold_counts(model: NoiseModel, keys: Sequence[str], counts: Sequence[in
             else:
                 lo = mid
         lo = hi
-    meas = make(lo)
-    released = meas(dict(zip(keys, (int(c) for c in counts), strict=True)))
-    return dict(released), lo, delta_at(lo)
+    return lo, delta_at(lo)

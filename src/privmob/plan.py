@@ -111,9 +111,13 @@ class Plan:
 
     @cached_property
     def release_threshold(self) -> int:
-        """max(min_count, the noise threshold that keeps spurious cells rare)."""
+        """max(min_count, the noise threshold that keeps spurious cells rare) — and, with
+        data-dependent keys, at least the threshold OpenDP's δ for key selection needs."""
         p = self.config.privacy
-        return max(p.min_count, self.noise.spurious_threshold(p.max_spurious_rate))
+        floor = max(p.min_count, self.noise.spurious_threshold(p.max_spurious_rate))
+        if self.public_keys:
+            return floor
+        return mechanism.threshold_for(self.noise, floor, self.threshold_delta)[0]
 
     @property
     def threshold_delta(self) -> float:
@@ -189,7 +193,10 @@ class Plan:
         fp, noise = self.flows_privacy, self.flows_noise
         if fp is None or noise is None:
             return None
-        return max(fp.min_count, noise.spurious_threshold(fp.max_spurious_rate))
+        floor = max(fp.min_count, noise.spurious_threshold(fp.max_spurious_rate))
+        if self.flows_units is not None:
+            return floor
+        return mechanism.threshold_for(noise, floor, self.flows_threshold_delta)[0]
 
     @property
     def key_period(self) -> str:
@@ -235,6 +242,7 @@ class Plan:
         """What the release will do and what its numbers can bear. Spends nothing."""
         s, cfg = self.summary(), self.config
         p = cfg.privacy
+        occ = self.occupancy_cost
         lines = [
             f"privmob {__version__} — release plan for {cfg.dataset!r}, period {self.key_period} "
             f"({cfg.job.timezone})",
@@ -252,12 +260,13 @@ class Plan:
             lines.append(
                 f"  mechanism: discrete Laplace (OpenDP), scale {s['noise_scale']:.4g}, "
                 + ("pure " if self.public_keys else "")
-                + f"ε = {s['epsilon']:g}"
+                + f"ε = {float(occ.epsilon):g}"
             )
         else:
             lines.append(
                 f"  mechanism: discrete Gaussian (OpenDP), σ = {s['noise_scale']:.4g}, ρ = "
-                f"{s['rho']:.6g} (zCDP) ⇒ (ε = {s['epsilon']:g}, δ = {s['delta']:.3g})"
+                f"{float(occ.rho or 0):.6g} (zCDP) ⇒ (ε = {float(occ.epsilon):g}, "
+                f"δ = {float(occ.delta):.3g})"
             )
         lines.append(
             f"  error: noise std {s['noise_std']:.1f}; a released count is within "
@@ -285,6 +294,16 @@ class Plan:
             f"  detectability: a cell with {s['count_released_50pct']} persons is published "
             f"half the time; with {s['count_released_95pct']} persons, 95% of the time"
         )
+        fc, fnoise = cfg.flows, self.flows_noise
+        if fc is not None and fnoise is not None:
+            units = "districts" if fc.units == "boundary" else f"H3 res-{fc.resolution} cells"
+            lines.append(
+                f"  flows: trips between stays (≥ {fc.stay_min_duration} within {fc.stay_radius_m:g} m) "
+                f"by {units}, {fc.window} windows; ≤ {fc.max_trips_per_window} trip(s) per window, "
+                f"≤ {fnoise.sensitivity.windows} window(s) per person; {fnoise.mechanism} noise std "
+                f"{fnoise.std:.1f} (±{fnoise.ci_halfwidth(0.95)} at 95%); publish ≥ {self.flows_threshold}; "
+                f"ε = {fc.epsilon:g} of the total"
+            )
         lines.append(
             f"  budget: this release spends ε = {s['epsilon']:g}, δ = {s['delta']:.3g}"
             + (f", ρ = {s['rho']:.6g}" if s["rho"] is not None else "")
