@@ -25,6 +25,8 @@ from privmob.errors import (
     ReleaseWriteError,
     SchemaError,
 )
+from privmob.evaluate import evaluate
+from privmob.forecast import Forecast, forecast
 from privmob.ingest import Pings, read_pings
 from privmob.plan import Plan, plan
 from privmob.release import ReleasedTable
@@ -44,6 +46,7 @@ __all__ = [
     "BoundaryError",
     "BudgetExceededError",
     "ConfigError",
+    "Forecast",
     "GridConfig",
     "InputError",
     "JobConfig",
@@ -60,6 +63,8 @@ __all__ = [
     "SchemaError",
     "ScopeConfig",
     "__version__",
+    "evaluate",
+    "forecast",
     "plan",
     "read_pings",
 ]

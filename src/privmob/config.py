@@ -241,9 +241,9 @@ class PrivacyConfig:
             raise ConfigError("[privacy] max_cells_per_window must be an integer from 1 to 64")
         if not isinstance(self.max_windows, int) or not 1 <= self.max_windows <= 10_000:
             raise ConfigError("[privacy] max_windows must be an integer from 1 to 10000")
-        if not isinstance(self.min_count, int) or self.min_count < 1:
+        if not isinstance(self.min_count, int) or not 1 <= self.min_count <= 1_000_000_000:
             raise ConfigError(
-                f"[privacy] min_count = {self.min_count!r} must be an integer ≥ 1 "
+                f"[privacy] min_count = {self.min_count!r} must be an integer from 1 to 10⁹ "
                 "(0 would publish every noisy key, including empty ones)"
             )
         if not 0 < self.max_spurious_rate <= 0.5:
@@ -324,8 +324,9 @@ class FlowsConfig:
             raise ConfigError("[flows] max_trips_per_window must be an integer from 1 to 64")
         if not isinstance(self.max_windows, int) or not 1 <= self.max_windows <= 10_000:
             raise ConfigError("[flows] max_windows must be an integer from 1 to 10000")
-        if self.min_count is not None and (not isinstance(self.min_count, int) or self.min_count < 1):
-            raise ConfigError("[flows] min_count must be an integer ≥ 1")
+        if self.min_count is not None and (
+                not isinstance(self.min_count, int) or not 1 <= self.min_count <= 1_000_000_000):
+            raise ConfigError("[flows] min_count must be an integer from 1 to 10⁹")
         if not _finite_positive(self.stay_radius_m) or self.stay_radius_m > 5000:
             raise ConfigError("[flows] stay_radius_m must be in (0, 5000]")
         for name in ("stay_min_duration", "stay_max_gap"):
