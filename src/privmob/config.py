@@ -43,7 +43,7 @@ DEFAULT_PURPOSES: tuple[str, ...] = ("epidemic-prevention",)
 
 Mechanism = Literal["laplace", "gaussian"]
 OnBadRows = Literal["quarantine", "fail"]
-Backend = Literal["polars"]
+Backend = Literal["polars", "spark"]
 #: Coordinate systems of pings and boundaries; everything is converted to WGS-84 (GPS)
 #: before indexing. Chinese map data is often GCJ-02 (or Baidu's BD-09) without saying so.
 CoordinateSystem = Literal["wgs84", "gcj02", "bd09"]
@@ -144,8 +144,8 @@ class JobSection:
             raise ConfigError(
                 f"[job] on_bad_rows = {self.on_bad_rows!r}; use 'quarantine' or 'fail'"
             )
-        if self.backend != "polars":
-            raise ConfigError(f"[job] backend = {self.backend!r}; this build has 'polars'")
+        if self.backend not in ("polars", "spark"):
+            raise ConfigError(f"[job] backend = {self.backend!r}; use 'polars' or 'spark'")
         if not self.marking.strip():
             raise ConfigError("[job] marking must not be empty: internal information is marked")
 
@@ -180,9 +180,21 @@ class GridConfig:
     boundary: Path | None = None
     boundary_where: Mapping[str, str] = field(default_factory=dict)
     boundary_crs: CoordinateSystem = "wgs84"
+    #: Coarser resolutions released as well (hierarchical release for sparse areas): each
+    #: is its own table with its own ``parent_epsilon`` share of the budget.
+    parent_resolutions: tuple[int, ...] = ()
+    parent_epsilon: float = 0.5
 
     def __post_init__(self) -> None:
         _check_crs("[grid] boundary_crs", self.boundary_crs)
+        for r in self.parent_resolutions:
+            if not isinstance(r, int) or isinstance(r, bool) or not 0 <= r < self.resolution:
+                raise ConfigError(
+                    f"[grid] parent_resolutions: {r!r} must be a resolution coarser than "
+                    f"{self.resolution} (an integer from 0 to {self.resolution - 1})"
+                )
+        if not _finite_positive(self.parent_epsilon) or self.parent_epsilon > 20:
+            raise ConfigError("[grid] parent_epsilon must be a number in (0, 20]")
         if not isinstance(self.resolution, int) or not 0 <= self.resolution <= 15:
             raise ConfigError(
                 f"[grid] resolution = {self.resolution!r}; H3 resolutions are 0 to 15 "
@@ -581,6 +593,11 @@ def _coerce(section: str, name: str, value: Any, base_dir: Path | None) -> Any:
         return path
     if (section, name) == ("job", "period"):
         return None if value is None else _parse_date(value, "[job] period")
+    if (section, name) == ("grid", "parent_resolutions"):
+        if isinstance(value, str) or not isinstance(value, list | tuple) or not all(
+                isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise ConfigError("[grid] parent_resolutions must be a list of integers, e.g. [6]")
+        return tuple(sorted(set(value), reverse=True))
     if name in ("groups", "allowed_purposes"):
         if isinstance(value, str) or not isinstance(value, list | tuple):
             raise ConfigError(f"[{section}] {name} must be a list of strings")
@@ -592,7 +609,7 @@ def _coerce(section: str, name: str, value: Any, base_dir: Path | None) -> Any:
             raise ConfigError("[grid] boundary_where must be a table, e.g. { adcode = \"110000\" }")
         return {str(k): str(v) for k, v in value.items()}
     if name in ("epsilon", "delta", "rho", "max_spurious_rate", "epsilon_per_day", "delta_per_day",
-                "rho_per_day", "stay_radius_m") and isinstance(value, int) \
+                "rho_per_day", "stay_radius_m", "parent_epsilon") and isinstance(value, int) \
             and not isinstance(value, bool):
         return float(value)
     if value is None and (section, name) in _OPTIONAL:
@@ -633,6 +650,7 @@ _FIELD_TYPES: dict[tuple[str, str], type] = {
     ("job", "reports"): bool,
     ("job", "crs"): str,
     ("grid", "boundary_crs"): str,
+    ("grid", "parent_epsilon"): float,
     ("flows", "boundary_crs"): str,
     ("store", "retention_days"): int,
     ("flows", "units"): str,

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import polars as pl
+import polars_h3 as plh3
 
 from privmob import mechanism, pii
 from privmob._version import __version__
@@ -144,8 +145,47 @@ class Plan:
     @property
     def cost(self) -> PrivacyCost:
         """What a release under this plan spends, at most: all its tables together."""
+        total = self.occupancy_cost
+        for level_cost in self.level_costs.values():
+            total = total + level_cost
         flows = self.flows_cost
-        return self.occupancy_cost if flows is None else self.occupancy_cost + flows
+        return total if flows is None else total + flows
+
+    # -- hierarchical levels (coarser resolutions, each its own table and budget share) --
+    @cached_property
+    def level_noise(self) -> NoiseModel:
+        """Noise for every parent level: the same bounds (a person's kept cell has one
+        parent per window), calibrated to ``parent_epsilon``."""
+        p = dataclasses.replace(self.config.privacy, epsilon=self.config.grid.parent_epsilon,
+                                rho=None)
+        return mechanism.calibrate(p, self.sensitivity, threshold_delta=self.threshold_delta
+                                   if p.mechanism == "gaussian" and not self.public_keys else 0.0)
+
+    @cached_property
+    def level_threshold(self) -> int:
+        p = self.config.privacy
+        floor = max(p.min_count, self.level_noise.spurious_threshold(p.max_spurious_rate))
+        if self.public_keys:
+            return floor
+        return mechanism.threshold_for(self.level_noise, floor, self.threshold_delta)[0]
+
+    def level_key_cells(self, resolution: int) -> npt.NDArray[np.uint64] | None:
+        """Public keys of a level: the parents of the fine public cells."""
+        if self.key_cells is None:
+            return None
+        parents = pl.Series(self.key_cells, dtype=pl.UInt64).to_frame("c").select(
+            plh3.cell_to_parent("c", resolution)).to_series().unique().sort()
+        return parents.to_numpy().astype(np.uint64)
+
+    @property
+    def level_costs(self) -> dict[int, PrivacyCost]:
+        levels = self.config.grid.parent_resolutions
+        if not levels:
+            return {}
+        base = self.level_noise.cost
+        selection = exact(self.threshold_delta)
+        one = PrivacyCost(base.epsilon, base.delta + selection, base.rho, selection)
+        return dict.fromkeys(levels, one)
 
     # -- flows -------------------------------------------------------------------------
     @cached_property
@@ -490,6 +530,27 @@ class Plan:
         if signer is not None:
             manifest["signature"] = {"algorithm": "Ed25519", "file": SIGNATURE_FILE,
                                      "fingerprint": fingerprint(signer)}
+        levels: dict[int, pl.DataFrame] = {}
+        if cfg.grid.parent_resolutions:
+            step("coarser levels")
+            manifest["levels"] = []
+            for res in cfg.grid.parent_resolutions:
+                parent = exact.counts.with_columns(plh3.cell_to_parent("cell", res).alias("cell")) \
+                    .group_by("cell", "window").agg(pl.col("count").sum()).sort("window", "cell")
+                lc, lw, ln, lkeys, lthr, ldelta = self._noise(parent, level=res)
+                lkeep = suppress(ln, lthr)
+                levels[res] = build_table(lc[lkeep], lw[lkeep], ln[lkeep], period_start=cfg.period_start,
+                                          window_seconds=cfg.grid.window_seconds,
+                                          ci_halfwidth=self.level_noise.ci_halfwidth(0.95))
+                level_cost = self.level_costs[res]
+                manifest["levels"].append({
+                    "resolution": res, "file": f"release-res{res}.parquet",
+                    **{k: v for k, v in level_cost.as_dict().items() if not k.endswith("_exact")},
+                    "noise_scale": self.level_noise.scale,
+                    "ci95_halfwidth": self.level_noise.ci_halfwidth(0.95),
+                    "release_threshold": lthr, "threshold_delta": ldelta, "n_keys": lkeys,
+                    "cells_released": int(levels[res].height),
+                })
         flows_table = None
         if cfg.flows is not None:
             step("flows: stays, trips, bound, noise")
@@ -501,30 +562,31 @@ class Plan:
             timings["flows"] = time.perf_counter() - tick
         manifest["timings_s"] = {k: round(v, 4) for k, v in timings.items()}
         released = ReleasedTable(table=table, manifest=manifest, flows=flows_table,
-                                 boundary=cfg.grid.boundary)
+                                 boundary=cfg.grid.boundary, levels=levels)
         if bad and cfg.job.quarantine is not None:
             self._write_quarantine(engine, source, pseudonymiser)
         return released
 
     def _noise(
-        self, counts: pl.DataFrame
+        self, counts: pl.DataFrame, *, level: int | None = None,
     ) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.int32], npt.NDArray[np.int64],
                int | None, int, float]:
         n_win = self.config.n_windows
-        if self.key_cells is not None:
-            key_cells = self.key_cells
+        noise = self.noise if level is None else self.level_noise
+        threshold = self.release_threshold if level is None else self.level_threshold
+        key_cells = self.key_cells if level is None else self.level_key_cells(level)
+        if key_cells is not None:
             vec = np.zeros(key_cells.size * n_win, dtype=np.int64)
             pos = np.searchsorted(key_cells, counts["cell"].to_numpy())
             vec[pos * n_win + counts["window"].to_numpy()] = counts["count"].to_numpy()
-            noisy = mechanism.noise_counts(self.noise, vec)
+            noisy = mechanism.noise_counts(noise, vec)
             cells = np.repeat(key_cells, n_win)
             windows = np.tile(np.arange(n_win, dtype=np.int32), key_cells.size)
-            return cells, windows, noisy, int(vec.size), self.release_threshold, 0.0
+            return cells, windows, noisy, int(vec.size), threshold, 0.0
         keys = [f"{c}:{w}" for c, w in zip(counts["cell"].to_list(), counts["window"].to_list(),
                                            strict=True)]
         released, threshold, delta = mechanism.threshold_counts(
-            self.noise, keys, counts["count"].to_list(), self.release_threshold,
-            self.threshold_delta,
+            noise, keys, counts["count"].to_list(), threshold, self.threshold_delta,
         )
         items = sorted(released.items())
         cells = np.array([int(k.split(":")[0]) for k, _ in items], dtype=np.uint64)
@@ -691,7 +753,8 @@ class Plan:
             "budget_exact": {k: v for k, v in self.cost.as_dict().items() if k.endswith("_exact")},
             "budget_split": {
                 name: {k: v for k, v in c.as_dict().items() if not k.endswith("_exact")}
-                for name, c in (("occupancy", self.occupancy_cost), ("flows", self.flows_cost))
+                for name, c in (("occupancy", self.occupancy_cost), ("flows", self.flows_cost),
+                                *((f"occupancy_res{r}", c) for r, c in self.level_costs.items()))
                 if c is not None
             },
             "noise_scale": self.noise.scale,

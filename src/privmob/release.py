@@ -112,6 +112,8 @@ class ReleasedTable:
     flows: pl.DataFrame | None = None
     #: The boundary the keys came from (for drawing reports; not part of the data).
     boundary: Path | None = None
+    #: The same table at coarser resolutions (hierarchical release), keyed by resolution.
+    levels: Mapping[int, pl.DataFrame] = field(default_factory=dict)
 
     def __repr__(self) -> str:
         m = self.manifest
@@ -241,6 +243,12 @@ class ReleasedTable:
         if self.flows is not None:
             self._write_flows(folder, marking, release_id)
             names += list(FLOWS_FILES)
+        for res, level in sorted(self.levels.items()):
+            level_arrow = level.to_arrow()
+            pq.write_table(level_arrow.replace_schema_metadata(meta), folder / f"release-res{res}.parquet")
+            level_csv = level.with_columns(pl.col("window_start").dt.strftime("%Y-%m-%dT%H:%M:%SZ"))
+            (folder / f"release-res{res}.csv").write_text(header + level_csv.write_csv(), encoding="utf-8")
+            names += [f"release-res{res}.parquet", f"release-res{res}.csv"]
         if reports:
             names += self._write_reports(folder)
         files = {name: hashlib.sha256((folder / name).read_bytes()).hexdigest() for name in names}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Protocol
 
-from privmob.errors import ConfigError
+from privmob.errors import BackendUnavailableError, ConfigError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -66,4 +66,12 @@ def get_backend(name: str) -> Backend:
         from privmob.backends._polars import PolarsBackend
 
         return PolarsBackend()
-    raise ConfigError(f"unknown backend {name!r}; this build has 'polars'")
+    if name == "spark":
+        try:
+            from privmob.backends._spark import SparkBackend
+        except ImportError as exc:
+            raise BackendUnavailableError(
+                "backend 'spark' needs PySpark and a Java runtime: pip install 'privmob[spark]'"
+            ) from exc
+        return SparkBackend()
+    raise ConfigError(f"unknown backend {name!r}; use 'polars' or 'spark'")
