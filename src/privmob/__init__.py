@@ -12,7 +12,16 @@ privmob ... release plan for 'dataframe', period 2026-11-26 (Asia/Shanghai)
 
 from privmob._version import __version__
 from privmob.accountant import PrivacyCost
-from privmob.config import GridConfig, JobConfig, JobSection, PrivacyConfig, ScopeConfig
+from privmob.config import (
+    BudgetConfig,
+    FlowsConfig,
+    GridConfig,
+    JobConfig,
+    JobSection,
+    PrivacyConfig,
+    ScopeConfig,
+    StoreConfig,
+)
 from privmob.errors import (
     BackendUnavailableError,
     BoundaryError,
@@ -26,6 +35,7 @@ from privmob.errors import (
     SchemaError,
 )
 from privmob.evaluate import evaluate
+from privmob.flows import release_flows as flows
 from privmob.forecast import Forecast, forecast
 from privmob.ingest import Pings, read_pings
 from privmob.plan import Plan, plan
@@ -44,8 +54,10 @@ def __getattr__(name: str) -> object:
 __all__ = [
     "BackendUnavailableError",
     "BoundaryError",
+    "BudgetConfig",
     "BudgetExceededError",
     "ConfigError",
+    "FlowsConfig",
     "Forecast",
     "GridConfig",
     "InputError",
@@ -62,8 +74,10 @@ __all__ = [
     "ReleasedTable",
     "SchemaError",
     "ScopeConfig",
+    "StoreConfig",
     "__version__",
     "evaluate",
+    "flows",
     "forecast",
     "plan",
     "read_pings",

@@ -196,3 +196,24 @@ def _locate(trip_frame: pl.DataFrame, fc: FlowsConfig, units: Units | None) -> p
         pl.Series("origin", names[o], dtype=pl.String),
         pl.Series("destination", names[d], dtype=pl.String),
     )
+
+
+def release_flows(pings: object, config: JobConfig, **options: object) -> object:
+    """Release occupancy and origin–destination flows of ``pings`` in one budgeted run.
+
+    ``options`` are ``[flows]`` settings (``units``, ``boundary``, ``epsilon``,
+    ``max_trips_per_window``, ...) added to ``config``; the result is the
+    :class:`~privmob.release.ReleasedTable`, whose ``.flows`` holds the OD table.
+
+    Examples
+    --------
+    >>> release = pm.flows("pings.parquet", cfg, units="boundary",  # doctest: +SKIP
+    ...                    boundary="districts.geojson", epsilon=0.5)
+    >>> release.flows.head()  # doctest: +SKIP
+    """
+    from privmob.plan import plan
+
+    overrides = {f"flows__{k}": v for k, v in options.items()}
+    if config.flows is None and "flows__units" not in overrides:
+        overrides["flows__units"] = "cells"
+    return plan(config.with_overrides(**overrides)).release(pings)

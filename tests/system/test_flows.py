@@ -150,3 +150,37 @@ def test_gcj02_boundary_gives_the_wgs84_key_set() -> None:
     a, b = set(gcj.cells(6).tolist()), set(wgs.cells(6).tolist())
     assert len(a ^ b) <= 0.01 * len(b)
     assert gcj.key_label.endswith("crs=gcj02")
+
+
+def test_pm_flows_releases_both_tables(key_env: str) -> None:
+    release = pm.flows(SAMPLES / "beijing_pings.parquet", config(grid={"resolution": 7}),
+                       units="boundary", boundary=str(DISTRICTS), epsilon=0.5)
+    assert release.flows is not None
+    assert release.manifest["flows"]["keys"].startswith("public:")
+    assert release.manifest["epsilon"] == 1.5
+
+
+@pytest.mark.parametrize(("adcode", "districts"), [("110000", 16), ("130900", 16), ("150800", 7)])
+def test_real_city_boundaries_give_public_keys_and_units(adcode: str, districts: int) -> None:
+    """Beijing, Cangzhou and Bayannur from ../shared/data: outlines and their districts."""
+    import geopandas as gpd
+
+    from privmob.keys import load_boundary
+    from tests.conftest import shared_data
+
+    path = shared_data("boundaries", "boundaries_wgs84.geojson")
+    outline = load_boundary(path, {"adcode": adcode})
+    assert outline.cells(5).size > 10
+    frame = gpd.read_file(path)
+    prefix = "1101" if adcode == "110000" else adcode[:4]  # Beijing: the city is 1101xx
+    county = frame[(frame["level"] == "county") & frame["adcode"].astype(str).str.startswith(prefix)]
+    counties = tmp_units(county)
+    assert len(load_units(counties, "adcode").names) == districts
+
+
+def tmp_units(frame: object) -> Path:
+    import tempfile
+
+    out = Path(tempfile.mkdtemp()) / "units.geojson"
+    frame.to_file(out, driver="GeoJSON")  # type: ignore[attr-defined]
+    return out
