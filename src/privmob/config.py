@@ -97,7 +97,7 @@ class JobSection:
 
     purpose: str = "epidemic-prevention"
     operator: str = ""
-    input: Path | None = None
+    input: Path | str | None = None
     output: Path = Path("out/release")
     timezone: str = "Asia/Shanghai"
     period: dt.date | None = None
@@ -508,7 +508,9 @@ class JobConfig:
     def dataset(self) -> str:
         if self.job.dataset:
             return self.job.dataset
-        return self.job.input.stem.split(".")[0] if self.job.input else "dataframe"
+        if not self.job.input:
+            return "dataframe"
+        return Path(str(self.job.input).rstrip("/")).stem.split(".")[0]
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able view (paths as strings), for manifests and digests."""
@@ -584,6 +586,8 @@ def _coerce(section: str, name: str, value: Any, base_dir: Path | None) -> Any:
             return None
         if not isinstance(value, str | Path):
             raise ConfigError(f"[{section}] {name} must be a path string")
+        if (section, name) == ("job", "input") and isinstance(value, str) and "://" in value:
+            return value  # hdfs:// or s3a:// for the Spark backend: not a local path
         try:
             path = Path(value).expanduser()
         except RuntimeError as exc:

@@ -56,6 +56,18 @@ STAGES = ("ingest", "pii-scan", "scope", "pseudonymise", "index", "bound", "aggr
 KEPT_COLUMNS = ("group",)
 
 
+def _as_source(pings: Any, backend: str) -> Any:
+    """A local path becomes a :class:`Pings` handle; a URI (``hdfs://``, ``s3a://``) or a
+    folder of files for Spark is passed to the backend as it is."""
+    if isinstance(pings, str) and "://" in pings:
+        return pings
+    if isinstance(pings, str | os.PathLike):
+        if backend == "spark" and Path(pings).is_dir():
+            return str(pings)
+        return read_pings(Path(pings))
+    return pings
+
+
 def plan(config: JobConfig) -> Plan:
     """Validate a job and prepare its release; reads no data and spends no budget.
 
@@ -460,7 +472,7 @@ class Plan:
             released = self._compute(pings, release_id, pseudonymiser, backend, signer, step)
             if working is not None:
                 step("store positions")
-                source = read_pings(Path(pings)) if isinstance(pings, str | os.PathLike) else pings
+                source = _as_source(pings, backend or cfg.job.backend)
                 engine = get_backend(backend or cfg.job.backend)
                 working.put(cfg.dataset, self.key_period,
                             engine.positions(source, cfg, pseudonymiser))
@@ -494,7 +506,7 @@ class Plan:
         timings: dict[str, float] = {}
         step("read, validate, scope, pseudonymise, index, bound, aggregate")
         tick = time.perf_counter()
-        source = read_pings(Path(pings)) if isinstance(pings, str | os.PathLike) else pings
+        source = _as_source(pings, backend or cfg.job.backend)
         engine = get_backend(backend or cfg.job.backend)
         exact = engine.exact_cells(source, cfg, pseudonymiser, self.key_cells)
         timings["exact"] = time.perf_counter() - tick

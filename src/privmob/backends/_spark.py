@@ -2,8 +2,8 @@
 
 What runs where
 ---------------
-* **Per-row work** — validation, the first failing check, scope and period status, the
-  window, the dwell minute and the H3 cell — runs on the executors inside
+* **Per-row work** — validation, the first failing check, GCJ-02/BD-09 to WGS-84, scope
+  and period status, the window, the dwell minute and the H3 cell — runs on the executors inside
   ``DataFrame.mapInArrow``: each Arrow batch is wrapped as a Polars frame (no copy) and
   the *same* expressions the Polars backend uses (:func:`privmob.ingest.validate`,
   :func:`privmob.scope.status`, :mod:`privmob.index`, :mod:`privmob.pii`) are applied to
@@ -22,28 +22,32 @@ H3 runs as polars-h3 on each Arrow batch (measured against h3-py in a pandas UDF
 ``benchmarks/bench_spark.py``; Apache Sedona's H3 functions need its JARs from Maven and
 were not measurable offline — see docs/spark.md).
 
-The input is read once per :meth:`SparkBackend.exact_cells`: the reduced table is
+The input is read once per :meth:`SparkBackend.exact_cells` (its header twice): the reduced table is
 persisted (memory, spilling to disk) for the few small actions that follow, and dropped
 before returning.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import os
+import re
 import shutil
 import sys
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import polars as pl
 import pyarrow as pa
 
-from privmob import bound, index, ingest, pii, scope
+from privmob import bound, crs, index, ingest, pii, scope
 from privmob.aggregate import ExactCounts
+from privmob.crs import CRS
 from privmob.errors import BackendUnavailableError, InputError, SchemaError
 
 if TYPE_CHECKING:
@@ -56,13 +60,14 @@ if TYPE_CHECKING:
     from privmob.pseudonymise import Pseudonymiser
 
 try:
+    import pandas  # noqa: F401  - PySpark's mapInArrow insists on it, though no data goes through it
     from pyspark.sql import DataFrame as _SparkDataFrame
     from pyspark.sql import SparkSession as _SparkSession
     from pyspark.sql import functions as F  # noqa: N812 - the PySpark convention
     from pyspark.sql.window import Window
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise BackendUnavailableError(
-        "backend 'spark' needs PySpark; install it with `pip install 'privmob[spark]'`"
+        "backend 'spark' needs PySpark and pandas; install them with `pip install 'privmob[spark]'`"
     ) from exc
 
 with warnings.catch_warnings():
@@ -70,10 +75,10 @@ with warnings.catch_warnings():
     # that import announces (FutureWarning) that its *pandas* APIs are not validated on
     # pandas 3 yet. privmob moves data through Arrow, not pandas: import them quietly.
     warnings.simplefilter("ignore", FutureWarning)
-    try:
+    # (PySpark 3.5's helpers import pandas-on-Spark, which fails on pandas 3; nothing
+    # here needs them, so then they are simply not pre-imported.)
+    with contextlib.suppress(ImportError):
         import pyspark.testing.utils  # noqa: F401
-    except ImportError:  # PySpark 3.5's test helpers import pandas-on-Spark, which
-        pass  # fails on pandas 3; nothing here needs them, they were only pre-imported
 
 __all__ = ["SparkBackend", "local_session"]
 
@@ -96,6 +101,9 @@ _BAD_OUT = pa.schema([("part", pa.int32()), ("idx", pa.int64()), ("reason", pa.s
                       ("lng", pa.float64()), ("group", pa.string())])
 _POSITIONS_OUT = pa.schema([("person_id", pa.string()), ("t", pa.int64()), ("lat", pa.float64()),
                             ("lng", pa.float64()), ("group", pa.string())])
+
+#: A ``package.module.SomeError: message`` line of a Python traceback.
+_RAISED = re.compile(r"^(?:[A-Za-z_][\w]*\.)+([A-Za-z_]\w*(?:Error|Exception)): (.*)$")
 
 #: Where Spark's CSV reader puts a line whose field count is not the header's.
 _MALFORMED = "_privmob_malformed_line"
@@ -166,6 +174,8 @@ class _RowSpec:
     extras: tuple[str, ...] = ()
     #: CSV only: the header's field count (a longer line fails the job, as in Polars).
     csv_fields: int | None = None
+    #: The pings' coordinate system (converted to WGS-84 before indexing).
+    crs: CRS = "wgs84"
 
 
 def _check_lines(frame: pl.DataFrame, spec: _RowSpec) -> None:
@@ -174,7 +184,8 @@ def _check_lines(frame: pl.DataFrame, spec: _RowSpec) -> None:
     Spark's reader keeps such a line (dropping the surplus), and marks it, like a line
     with too few fields (which Polars too fills with nulls), in the malformed-line
     column; only the marked lines, which are rare, are split again here to tell the two
-    apart. The message names no value.
+    apart. A quote left open, which Polars refuses and Spark reads to the end of the
+    file, fails too. The message names no value.
     """
     if spec.csv_fields is None:
         return
@@ -182,15 +193,23 @@ def _check_lines(frame: pl.DataFrame, spec: _RowSpec) -> None:
     import io
 
     for line in frame[_MALFORMED].drop_nulls().to_list():
-        for fields in csv.reader(io.StringIO(line)):
-            if len(fields) > spec.csv_fields:
-                raise InputError("found more fields than defined in 'Schema'")
+        try:
+            records = list(csv.reader(io.StringIO(line), strict=True))
+        except csv.Error as exc:
+            # Spark reads an unclosed quote on to the end of the file as one field
+            if "unexpected end of data" in str(exc):
+                raise InputError("a quoted field is not closed") from None
+            continue
+        if any(len(fields) > spec.csv_fields for fields in records):
+            raise InputError("found more fields than defined in 'Schema'")
 
 
 def _validated(frame: pl.DataFrame, spec: _RowSpec) -> pl.LazyFrame:
     """The Polars backend's validated frame with its ``status``, for one batch."""
     _check_lines(frame, spec)
     lf = ingest.validate(frame.lazy(), spec.schema, spec.timezone, assume_group=spec.assume_group)
+    if spec.crs != "wgs84":  # GCJ-02 / BD-09 pings: to WGS-84 before indexing
+        lf = crs.polars_frame_to_wgs84(lf, spec.crs)
     return lf.with_columns(scope.status(spec.groups, spec.start, spec.end).alias("status"))
 
 
@@ -354,7 +373,11 @@ class SparkBackend:
             return _Input(self._from_polars(_spark_ready(pings.frame)), pings.describe(),
                           dict(pings.frame.schema))
         assert pings.path is not None
-        return self._read_path(str(pings.path.resolve()), csv=pings.kind == "csv", what=pings.describe())
+        # Polars reads only the header (or Parquet footer) here: an empty file, duplicated
+        # columns and unusable types then fail with the Polars backend's own errors.
+        schema = pings.schema()
+        read = self._read_path(str(pings.path.resolve()), csv=pings.kind == "csv", what=pings.describe())
+        return dataclasses.replace(read, polars_schema=schema)
 
     def _read_path(self, path: str, *, csv: bool, what: str) -> _Input:
         from pyspark.sql.types import StringType, StructField, StructType
@@ -374,19 +397,34 @@ class SparkBackend:
                                 + [StructField(_MALFORMED, StringType())])
             df = self.spark.read.csv(path, schema=schema, mode="PERMISSIVE",
                                      columnNameOfCorruptRecord=_MALFORMED, **options)
-            return _Input(df, what, csv_fields=len(header.fields))
         except Exception as exc:
             raise InputError(f"{what} cannot be read: {_spark_message(exc)}") from exc
+        if not header.fields:
+            raise InputError(f"{what} cannot be read: it is empty (not even a header row)")
+        names = _header_names(header.fieldNames())
+        return _Input(df, what, csv_fields=len(header.fields),
+                      polars_schema=dict.fromkeys(names, pl.String()) if names else None)
 
     def _from_polars(self, frame: pl.DataFrame) -> SparkDataFrame:
         table = frame.to_arrow()
+        # PySpark < 4 knows no 64-bit-offset lists or binaries (Polars' Arrow default)
+        small = [pa.field(f.name, pa.list_(f.type.value_type)) if pa.types.is_large_list(f.type)
+                 else pa.field(f.name, pa.binary()) if pa.types.is_large_binary(f.type) else f
+                 for f in table.schema]
+        table = table.cast(pa.schema(small))
         schema = _spark_schema(table.schema)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # pandas 3 notice from PySpark
             try:
                 return self.spark.createDataFrame(table, schema=schema)  # type: ignore[call-overload,unused-ignore]
-            except TypeError:  # PySpark < 4 takes pandas, not Arrow
-                return self.spark.createDataFrame(table.to_pandas(), schema=schema)
+            except TypeError:
+                pass
+        # PySpark < 4 takes pandas or rows, not Arrow. pandas conflates NaN with null (and
+        # makes nullable integers float), so it is used only for frames with neither.
+        nan = any(frame[c].is_nan().any() for c, t in frame.schema.items() if t.is_float())
+        if nan or any(frame.null_count().row(0)):
+            return self.spark.createDataFrame(table.to_pylist(), schema=schema)
+        return self.spark.createDataFrame(table.to_pandas(), schema=schema)
 
     def columns(self, source: Any) -> list[str]:
         return self.frame(source).columns
@@ -419,6 +457,7 @@ class SparkBackend:
             resolution=config.grid.resolution,
             extras=extras,
             csv_fields=source.csv_fields,
+            crs=config.job.crs,
         )
 
     # -- the exact aggregate --------------------------------------------------------------
@@ -666,7 +705,13 @@ def _collect(df: SparkDataFrame, what: str, schema: dict[str, Any]) -> pl.DataFr
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
-            table = df.toArrow() if hasattr(df, "toArrow") else pa.Table.from_pandas(df.toPandas())
+            # PySpark < 4 has no toArrow; not toPandas() there: it makes nullable longs
+            # float64, which rounds H3 cells.
+            if hasattr(df, "toArrow"):
+                table = df.toArrow()
+            else:
+                batches = cast(Any, df)._collect_as_arrow()
+                table = pa.Table.from_batches(batches) if batches else pa.table({})
     except CapturedException as exc:
         raise InputError(f"{what} cannot be read: {_spark_message(exc)}") from exc
     frame = pl.DataFrame(pl.from_arrow(table)) if table.num_columns else pl.DataFrame()
@@ -676,13 +721,46 @@ def _collect(df: SparkDataFrame, what: str, schema: dict[str, Any]) -> pl.DataFr
 
 
 def _spark_message(exc: BaseException) -> str:
-    """First meaningful line of a Spark/Py4J error (the Python traceback is noise)."""
-    text = str(exc)
-    for line in text.splitlines():
-        line = line.strip()
-        if line.startswith(("polars.exceptions.", "pyspark.errors.", "privmob.errors.")):
-            return line.split(": ", 1)[-1]
-    return ingest.first_line(exc)
+    """Why Spark could not read the input, in :func:`privmob.ingest.first_line`'s words.
+
+    A per-row step that raised shows up as a Python traceback inside Spark's error; its
+    last ``module.Error: message`` line is the exception the Polars backend would have
+    raised, so it is categorised the same way. Spark's messages often quote the row they
+    failed on: only the category is kept, never the text.
+    """
+    raised = None
+    for line in str(exc).splitlines():
+        hit = _RAISED.match(line.strip())
+        if hit:
+            raised = hit
+    if raised is None:
+        return ingest.first_line(exc)
+    inner = type(raised.group(1), (Exception,), {})(raised.group(2))
+    return ingest.first_line(inner)
+
+
+def _header_names(spark_names: list[str]) -> list[str] | None:
+    """Polars' names for a CSV header that Spark renamed for duplicates, else None.
+
+    Spark makes repeated names unique by appending each one's position (``lat`` at 2 and
+    5 become ``lat2``, ``lat5``); Polars keeps the first and names the next
+    ``lat_duplicated_0``, which :func:`privmob.ingest.require_columns` refuses. Only
+    exact repeats are restored (Spark also renames names that differ in case alone).
+    """
+    bases = [n[: -len(str(i))] if n.endswith(str(i)) else None for i, n in enumerate(spark_names)]
+    repeated = {b for b in bases if b and bases.count(b) > 1}
+    if not repeated:
+        return None
+    seen: dict[str, int] = {}
+    names = []
+    for name, base in zip(spark_names, bases, strict=True):
+        if base in repeated:
+            k = seen.get(base, -1)
+            names.append(base if k < 0 else f"{base}_duplicated_{k}")
+            seen[base] = k + 1
+        else:
+            names.append(name)
+    return names
 
 
 def _quoted(column: str) -> str:
