@@ -68,23 +68,32 @@ class PolarsBackend:
         status_counts = lf.group_by("status", "group").agg(pl.len().cast(pl.Int64).alias("n"))
         # Only validated, in-scope, in-period rows are indexed (lat 400 would still get a
         # cell), and each is reduced at once to dwell minutes per (person, window, cell).
+        # Distinct minutes are kept as 64-minute bitmasks (one word per 64 minutes of the
+        # window), not as a set per group: fixed memory per group, exactly n_unique.
+        minute_of_window = (pl.col("t") - start) % config.grid.window_seconds // 60
         dwell_raw = (
             lf.filter(pl.col("status") == scope.OK)
             .select(
                 "person_id",
                 index.window(start, config.grid.window_seconds).alias("window"),
                 index.cell(config.grid.resolution).alias("cell"),
-                index.minute().alias("minute"),
+                (minute_of_window // 64).cast(pl.Int16).alias("_word"),
+                pl.lit(2, dtype=pl.UInt64).pow((minute_of_window % 64).cast(pl.UInt64)).alias("_bit"),
             )
+            .group_by("person_id", "window", "cell", "_word")
+            .agg(pl.col("_bit").bitwise_or().alias("_mask"), pl.len().cast(pl.Int64).alias("n"))
             .group_by("person_id", "window", "cell")
-            .agg(pl.col("minute").n_unique().cast(pl.Int64).alias("minutes"),
-                 pl.len().cast(pl.Int64).alias("n"))
+            .agg(pl.col("_mask").bitwise_count_ones().cast(pl.Int64).sum().alias("minutes"),
+                 pl.col("n").sum())
         )
         queries = [status_counts, dwell_raw]
         if extras:  # dropped columns are read only to learn whether they held identifiers
             queries.append(ingest.read_pings(source).scan().select(pii.scan_exprs(extras)))
         try:
-            counted, dwell_ids, *extra_scan = pl.collect_all(queries, engine="streaming")
+            # Each query streams its own scan: sharing one (common-subplan elimination)
+            # would cache the whole validated input for both and cost ~2x the memory.
+            results = [q.collect(engine="streaming") for q in queries]
+            counted, dwell_ids, *extra_scan = results
         except pl.exceptions.PolarsError as exc:
             raise InputError(f"{ingest.read_pings(source).describe()} cannot be read: "
                              f"{ingest.first_line(exc)}") from exc
