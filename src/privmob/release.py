@@ -123,6 +123,38 @@ class ReleasedTable:
             f"mechanism={m.get('mechanism')!r})"
         )
 
+    @classmethod
+    def read(cls, folder: str | Path) -> ReleasedTable:
+        """Load a release folder written by :meth:`write` (tables, flows, levels, manifest).
+
+        Reading does not check the signature: use :func:`privmob.signing.verify_release`.
+        """
+        from privmob.errors import InputError
+
+        folder = Path(folder)
+        if folder.is_file():
+            folder = folder.parent
+        table_path, manifest_path = folder / "release.parquet", folder / "manifest.json"
+        for needed in (table_path, manifest_path):
+            if not needed.is_file():
+                raise InputError(
+                    f"{folder} is not a release folder: {needed.name} is missing (pass the folder "
+                    "that `privmob run` or ReleasedTable.write produced)"
+                )
+        try:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+            table = pl.read_parquet(table_path)
+            flows_path = folder / "flows.parquet"
+            flows = pl.read_parquet(flows_path) if flows_path.is_file() else None
+            levels = {int(p.stem.removeprefix("release-res")): pl.read_parquet(p)
+                      for p in folder.glob("release-res*.parquet")
+                      if p.stem.removeprefix("release-res").isdigit()}
+        except (OSError, ValueError, pl.exceptions.PolarsError) as exc:
+            raise InputError(f"cannot read the release in {folder}: {exc}") from exc
+        if not isinstance(manifest, dict):
+            raise InputError(f"{manifest_path} is not a release manifest (expected a JSON object)")
+        return cls(table=table, manifest=manifest, flows=flows, levels=levels)
+
     def explain(self) -> str:
         """What this release holds and what was lost on the way (bounding, suppression)."""
         m = self.manifest

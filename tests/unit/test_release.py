@@ -19,7 +19,7 @@ import pytest
 
 from privmob import release
 from privmob.config import DEFAULT_MARKING
-from privmob.errors import ReleaseExistsError, ReleaseWriteError
+from privmob.errors import InputError, ReleaseExistsError, ReleaseWriteError
 from privmob.release import RELEASE_FILES, ReleasedTable, build_table, suppress
 from tests.conftest import PERIOD_START
 
@@ -357,3 +357,14 @@ def test_unwritable_parent_path_is_a_write_error(tmp_path: Path) -> None:
     with pytest.raises(ReleaseWriteError):
         _released().write(blocker / "r")
     assert blocker.read_text() == "x"
+
+
+def test_read_round_trips_a_written_release(tmp_path: Path) -> None:
+    rel = _released()
+    target = rel.write(tmp_path / "r")
+    back = ReleasedTable.read(target)
+    assert back.table.equals(rel.table)
+    assert back.manifest["release_id"] == rel.manifest["release_id"]
+    assert back.flows is None and dict(back.levels) == {}
+    with pytest.raises(InputError, match="not a release folder"):
+        ReleasedTable.read(tmp_path)

@@ -392,26 +392,8 @@ class _Job:
 
 
 def _load_release(release: ReleasedTable | str | Path) -> ReleasedTable:
-    if isinstance(release, ReleasedTable):
-        return release
-    folder = Path(release)
-    if folder.is_file():
-        folder = folder.parent
-    table_path, manifest_path = folder / "release.parquet", folder / "manifest.json"
-    for needed in (table_path, manifest_path):
-        if not needed.is_file():
-            raise InputError(
-                f"{folder} is not a release folder: {needed.name} is missing (pass the folder "
-                "that `privmob run` or ReleasedTable.write produced)"
-            )
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        table = pl.read_parquet(table_path)
-    except (OSError, ValueError, pl.exceptions.PolarsError) as exc:
-        raise InputError(f"cannot read the release in {folder}: {exc}") from exc
-    if not isinstance(manifest, dict):
-        raise InputError(f"{manifest_path} is not a release manifest (expected a JSON object)")
-    return ReleasedTable(table=table, manifest=manifest)
+    """A release object, or one read from its folder."""
+    return release if isinstance(release, ReleasedTable) else ReleasedTable.read(release)
 
 
 def _recorded_boundary(manifest: Mapping[str, Any]) -> str | None:
