@@ -273,7 +273,7 @@ def test_a_day_of_hourly_windows_is_a_six_by_four_grid() -> None:
     )
     hm = report.small_multiples(release)
     assert len(hm.panels) == 24
-    assert len({p.axes.get_position().x0 for p in hm.panels}) == 6
+    assert len({round(p.axes.get_position().x0, 6) for p in hm.panels}) == 6
     assert len({round(p.axes.get_position().y0, 6) for p in hm.panels}) == 4
     assert [p.window_start.hour for p in hm.panels] == list(range(24))
     assert all(p.withheld is None for p in hm.panels)  # no boundary: withheld cells unknown
