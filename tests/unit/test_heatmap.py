@@ -164,8 +164,9 @@ def test_font_choice_keeps_only_what_it_can_draw() -> None:
 def test_default_window_is_the_one_with_most_released_persons(
     single: report.Heatmap, table: pl.DataFrame
 ) -> None:
-    mass = table.group_by("window_start").agg(pl.col("count").sum()).sort("count", descending=True)
-    assert single.panels[0].window_start == mass.get_column("window_start")[0]
+    mass = dict(table.group_by("window_start").agg(pl.col("count").sum()).iter_rows())
+    # (compared by mass: two windows can tie, and either is then a right answer)
+    assert mass[single.panels[0].window_start] == max(mass.values())
 
 
 def test_hexagons_are_the_released_cells_and_the_rest_is_withheld(
