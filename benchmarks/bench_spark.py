@@ -29,7 +29,6 @@ import json
 import os
 import platform
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -38,43 +37,17 @@ import polars as pl
 import pyarrow as pa
 
 import privmob as pm
-from privmob import synth
 from privmob.backends._polars import PolarsBackend
 from privmob.backends._spark import SparkBackend, local_session
 from privmob.pseudonymise import Pseudonymiser
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_pipeline import dataset, job, timed
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 BOUNDARY = REPO / "data-samples" / "beijing_boundary.geojson"
 SAMPLE = REPO / "data-samples" / "beijing_pings.parquet"
-
-
-def dataset(rows: int, seed: int = 0) -> Path:
-    """The synthetic day bench_pipeline.py uses (same file name, so the cache is shared)."""
-    path = HERE / "data" / f"synth-{rows}-s{seed}.parquet"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        persons = max(1, round(rows / synth.expected_rows_per_person_day()))
-        t = time.perf_counter()
-        written = synth.generate_to_parquet(path, persons, 1, seed=seed)
-        print(f"generated {written:,} pings ({persons:,} persons) in "
-              f"{time.perf_counter() - t:.1f} s → {path}", file=sys.stderr)
-    return path
-
-
-def job(resolution: int) -> pm.JobConfig:
-    return pm.JobConfig.from_dict({
-        "job": {"operator": "bench", "period": "2026-11-26", "dataset": "bench"},
-        "grid": {"resolution": resolution, "window": "1h", "boundary": str(BOUNDARY)},
-        "privacy": {"mechanism": "gaussian", "epsilon": 1.0, "max_cells_per_window": 1,
-                    "max_windows": 24},
-    })
-
-
-def timed(fn: Any) -> tuple[float, Any]:
-    t = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - t, out
 
 
 def same(a: Any, b: Any) -> bool:

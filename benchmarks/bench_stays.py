@@ -33,30 +33,18 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from typing import Any
 
 import polars as pl
+from bench_pipeline import dataset
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 GEOLIFE = REPO.parent / "shared" / "data" / "geolife" / "traces.csv.gz"
 SAMPLE_FIXES = 100_000  # fixes given to the plain Python loop
 LOCAL_OFFSET_S = 8 * 3600  # both data sets are Beijing (UTC+8): person-days are local days
-
-
-def synth_dataset(rows: int, seed: int) -> Path:
-    """The same cached file as bench_pipeline.py (benchmarks/data/synth-<rows>-s<seed>)."""
-    from privmob import synth
-
-    path = HERE / "data" / f"synth-{rows}-s{seed}.parquet"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        persons = max(1, round(rows / synth.expected_rows_per_person_day()))
-        t = time.perf_counter()
-        written = synth.generate_to_parquet(path, persons, 1, seed=seed)
-        print(f"generated {written:,} pings ({persons:,} persons) in "
-              f"{time.perf_counter() - t:.1f} s → {path}", file=sys.stderr)
-    return path
 
 
 def load(which: str, arg: str) -> pl.DataFrame:
@@ -222,7 +210,7 @@ def main() -> None:
         jobs.append(("geolife", str(GEOLIFE)))
     else:
         print(f"note: {GEOLIFE} not found; GeoLife skipped", file=sys.stderr)
-    jobs.append(("synthetic", str(synth_dataset(args.synth_rows, args.seed))))
+    jobs.append(("synthetic", str(dataset(args.synth_rows, args.seed))))
 
     results = []
     for which, arg in jobs:
