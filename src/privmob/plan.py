@@ -26,7 +26,7 @@ import numpy.typing as npt
 import polars as pl
 import polars_h3 as plh3
 
-from privmob import mechanism, pii
+from privmob import mechanism, pii, sparse
 from privmob._version import __version__
 from privmob.accountant import PrivacyCost, exact
 from privmob.audit import AuditLog
@@ -591,9 +591,11 @@ class Plan:
             vec = np.zeros(key_cells.size * n_win, dtype=np.int64)
             pos = np.searchsorted(key_cells, counts["cell"].to_numpy())
             vec[pos * n_win + counts["window"].to_numpy()] = counts["count"].to_numpy()
-            noisy = mechanism.noise_counts(noise, vec)
-            cells = np.repeat(key_cells, n_win)
-            windows = np.tile(np.arange(n_win, dtype=np.int32), key_cells.size)
+            # Only keys whose noisy count clears τ are ever materialised (sparse.py: the
+            # same distribution as noising all of them, without a draw per empty key).
+            idx, noisy = sparse.noise_and_suppress(noise, vec, threshold)
+            cells = key_cells[idx // n_win]
+            windows = (idx % n_win).astype(np.int32)
             return cells, windows, noisy, int(vec.size), threshold, 0.0
         keys = [f"{c}:{w}" for c, w in zip(counts["cell"].to_list(), counts["window"].to_list(),
                                            strict=True)]
@@ -624,13 +626,12 @@ class Plan:
             o = np.array([index[x] for x in counts["origin"].to_list()], dtype=np.int64)
             d = np.array([index[x] for x in counts["destination"].to_list()], dtype=np.int64)
             vec[(o * n_units + d) * n_win + counts["window"].to_numpy()] = counts["count"].to_numpy()
-            noisy = mechanism.noise_counts(noise, vec)
-            keep = np.nonzero(noisy >= self.flows_threshold)[0]
+            keep, values = sparse.noise_and_suppress(noise, vec, self.flows_threshold)
             names = np.array(units.names, dtype=object)
             origin = names[keep // n_win // n_units]
             dest = names[(keep // n_win) % n_units]
             window = (keep % n_win).astype(np.int32)
-            values, n_keys, threshold, delta = noisy[keep], int(vec.size), self.flows_threshold, 0.0
+            n_keys, threshold, delta = int(vec.size), self.flows_threshold, 0.0
             key_label = units.key_label
             coords = {n: (g.representative_point().y, g.representative_point().x)
                       for n, g in zip(units.names, units.geometries, strict=True)}
@@ -731,8 +732,8 @@ class Plan:
                 {c for c in exact.pii if c not in KEPT_COLUMNS} | set(exact.identifier_names)),
             "persons": exact.persons,
             "exact_fields_note": (
-                "rows_* and persons describe the input for the operator; they are exact, "
-                "not differentially private, and must not be published with the table"
+                "rows_*, persons and timings_s describe the input and the run for the operator; "
+                "they are exact, not differentially private, and must not be published with the table"
             ),
             "scope": {"groups": list(cfg.scope.groups), "assume_group": cfg.scope.assume_group},
             "pseudonymisation": {
@@ -776,6 +777,8 @@ class Plan:
             "keys": self.boundary.key_label if self.boundary is not None else "threshold",
             "key_cells": s["key_cells"],
             "n_keys": n_keys,
+            "noise_sampling": sparse.DESCRIPTION if self.public_keys else (
+                f"OpenDP make_{self.noise.mechanism}_threshold: noised key by key"),
             "threshold": None if self.public_keys else {
                 "value": threshold, "delta": threshold_delta,
                 "mechanism": f"OpenDP make_{self.noise.mechanism}_threshold",

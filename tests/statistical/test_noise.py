@@ -21,6 +21,23 @@ ALPHA = 1e-4
 DRAWS = 120_000
 
 
+def merged_chisquare(observed: np.ndarray, expected: np.ndarray) -> float:
+    """Chi-square p-value after merging neighbouring bins until each expects at least 20."""
+    obs, exp, acc_o, acc_e = [], [], 0.0, 0.0
+    for o, e in zip(observed, expected, strict=True):
+        acc_o, acc_e = acc_o + o, acc_e + e
+        if acc_e >= 20:
+            obs.append(acc_o)
+            exp.append(acc_e)
+            acc_o = acc_e = 0.0
+    obs[-1] += acc_o
+    exp[-1] += acc_e
+    if len(obs) < 2:
+        return 1.0
+    exp_arr = np.array(exp) * (sum(obs) / sum(exp))
+    return float(stats.chisquare(obs, exp_arr).pvalue)
+
+
 def chi2_pvalue(draws: np.ndarray, model: NoiseModel) -> float:
     """Chi-square goodness of fit of integer draws against the model's exact pmf."""
     lo, hi = model.quantile(0.001), model.quantile(0.999)
@@ -31,18 +48,7 @@ def chi2_pvalue(draws: np.ndarray, model: NoiseModel) -> float:
     )
     expected_p = np.array([1 - model.tail(lo), *[model.tail(e) - model.tail(e + 1) for e in edges],
                            model.tail(hi + 1)])
-    # Merge sparse bins so every expected count is at least 20.
-    obs, exp, acc_o, acc_e = [], [], 0.0, 0.0
-    for o, e in zip(observed, expected_p * draws.size, strict=True):
-        acc_o, acc_e = acc_o + o, acc_e + e
-        if acc_e >= 20:
-            obs.append(acc_o)
-            exp.append(acc_e)
-            acc_o = acc_e = 0.0
-    obs[-1] += acc_o
-    exp[-1] += acc_e
-    exp_arr = np.array(exp) * (sum(obs) / sum(exp))
-    return float(stats.chisquare(obs, exp_arr).pvalue)
+    return merged_chisquare(observed, expected_p * draws.size)
 
 
 @pytest.mark.slow
@@ -62,23 +68,38 @@ def test_noise_matches_the_calibrated_distribution(mechanism_name: str) -> None:
 
 
 @pytest.mark.slow
-def test_release_path_adds_noise_of_the_claimed_scale_to_every_public_key(key_env: str) -> None:
-    """Through Plan: exact counts go in, exactly one noise draw per public key comes out."""
+def test_release_path_noises_every_public_key_once(key_env: str) -> None:
+    """Through Plan: crowded keys carry one draw of the claimed noise; empty public keys clear
+    the threshold exactly as often as one draw each would (the sparse path, ADR 0005)."""
     cfg = config(grid={"boundary": str(SAMPLES / "beijing_boundary.geojson"), "resolution": 6},
-                 privacy={"mechanism": "laplace", "epsilon": 2.0, "max_windows": 24})
+                 privacy={"mechanism": "laplace", "epsilon": 2.0, "max_windows": 24,
+                          "max_spurious_rate": 0.02})
     plan = pm.plan(cfg)
     assert plan.key_cells is not None
+    n_keys = plan.key_cells.size * cfg.n_windows
+    tau = plan.release_threshold
     rng = np.random.default_rng(7)  # only to place known exact counts, not privacy noise
-    picks = rng.choice(plan.key_cells.size, 50, replace=False)
+    picks = rng.choice(n_keys, 3000, replace=False)
+    high = tau + 4 * plan.noise.quantile(1 - 1e-9)  # always released
     exact = pl.DataFrame({
-        "cell": pl.Series(plan.key_cells[picks], dtype=pl.UInt64),
-        "window": pl.Series(rng.integers(0, 24, 50), dtype=pl.Int32),
-        "count": pl.Series(rng.integers(1, 500, 50), dtype=pl.Int64),
-    }).unique(["cell", "window"])
-    cells, windows, noisy, n_keys, _, _ = plan._noise(exact)
-    assert n_keys == plan.key_cells.size * cfg.n_windows == noisy.size
-    frame = pl.DataFrame({"cell": cells, "window": windows, "noisy": noisy})
-    assert frame.select(pl.struct("cell", "window").n_unique()).item() == n_keys
-    joined = frame.join(exact, on=["cell", "window"], how="left").with_columns(pl.col("count").fill_null(0))
-    residual = (joined["noisy"] - joined["count"]).to_numpy()
-    assert chi2_pvalue(residual, plan.noise) > ALPHA
+        "cell": pl.Series(plan.key_cells[picks // cfg.n_windows], dtype=pl.UInt64),
+        "window": pl.Series(picks % cfg.n_windows, dtype=pl.Int32),
+        "count": pl.Series(rng.integers(high, high + 500, picks.size), dtype=pl.Int64),
+    })
+    residuals, empty_released, empty_keys = [], 0, 0
+    for _ in range(10):
+        cells, windows, noisy, got_keys, _, _ = plan._noise(exact)
+        assert got_keys == n_keys
+        assert np.all(noisy >= tau)
+        frame = pl.DataFrame({"cell": cells, "window": windows, "noisy": noisy})
+        assert frame.select(pl.struct("cell", "window").n_unique()).item() == frame.height
+        joined = frame.join(exact, on=["cell", "window"], how="left")
+        crowded = joined.filter(pl.col("count").is_not_null())
+        assert crowded.height == exact.height, "every crowded key is released"
+        residuals.append((crowded["noisy"] - crowded["count"]).to_numpy())
+        empty_released += joined["count"].null_count()
+        empty_keys += n_keys - exact.height
+    assert chi2_pvalue(np.concatenate(residuals), plan.noise) > ALPHA
+    q = plan.noise.tail(tau)
+    assert q > 1e-3  # enough empty keys clear τ for the count to test something
+    assert stats.binomtest(empty_released, empty_keys, q).pvalue > ALPHA

@@ -1,0 +1,297 @@
+"""Stage 7b — sparse noise: noise-then-suppress without drawing noise for every empty key.
+
+A release with public keys publishes ``{(i, x_i + Z_i) : x_i + Z_i ≥ τ}`` with ``Z_i`` iid
+OpenDP noise. A city day at H3 res 8 has ~765k public keys, almost all with a true count
+far below τ; noising each costs ~5 µs, more than indexing 10M pings. Keys with the same
+true count ``c`` are exchangeable, so for them the release is fully described by *which*
+keys clear τ (an iid Bernoulli(q_c) sequence, q_c = P(Z ≥ τ − c)) and *by how much* (iid
+draws of Z given Z ≥ τ − c). This module samples exactly those two things:
+
+* the positions by geometric skips, ``G = ⌊ln U / ln(1 − q_c)⌋`` failures before the next
+  success — the textbook construction of a Bernoulli sequence from its gaps;
+* each value by inversion of the conditional tail (for the discrete Laplace the tail is
+  again geometric; for the discrete Gaussian the conditional CDF is walked).
+
+Exactness, not floating point: ``U`` is a uniform real revealed lazily, 64 bits at a time,
+from OpenDP's own sampler (randomized response on a bit vector with flip probability 1/2,
+i.e. ``sample_bernoulli(1/2)`` per bit); every comparison is decided with Arb's rigorous
+ball arithmetic (python-flint) and, when a ball straddles a boundary, U gets more bits and
+the arithmetic more precision until it does not. The output distribution is therefore the
+same as noising every key with OpenDP and suppressing (docs/adr/0005, tested in
+tests/statistical/test_sparse.py) — so the privacy guarantee is the same, too.
+
+Classes where clearing τ is common (q_c above :data:`SPARSE_MAX_Q`) and counts ≥ τ are
+noised key by key with :func:`privmob.mechanism.noise_counts`, as before.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from privmob.mechanism import NoiseModel
+
+__all__ = ["DESCRIPTION", "SPARSE_MAX_Q", "exceed_probability", "noise_and_suppress"]
+
+#: What the manifest says about how public keys were noised.
+DESCRIPTION = (
+    "OpenDP exact samplers; keys whose chance to clear the threshold is at most 1/32 are "
+    "sampled by exact geometric skips and conditional tails (docs/adr/0005): the same "
+    "distribution as noising every key, without a draw per empty key"
+)
+
+#: Above this chance of clearing τ a skip (~60 µs of exact arithmetic) buys less than it
+#: costs: per-key OpenDP noise runs at ~3–5 µs a key. Any value gives the same distribution.
+SPARSE_MAX_Q = 1 / 32
+
+_START_PREC = 96  # bits of Arb precision for a first attempt; doubled on every refinement
+_WORD = 64  # bits of U revealed per refinement
+
+
+def noise_and_suppress(
+    model: NoiseModel,
+    counts: npt.NDArray[np.int64],
+    threshold: int,
+    *,
+    max_q: float = SPARSE_MAX_Q,
+    workers: int | None = None,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Positions (ascending) and noisy values of the keys whose noisy count is ≥ ``threshold``.
+
+    Same output distribution as ``noisy = noise_counts(model, counts); keep = noisy ≥ τ``;
+    ``max_q`` only chooses which keys take the sparse route (0 turns it off).
+    """
+    from privmob.mechanism import noise_counts
+
+    counts = np.asarray(counts, dtype=np.int64)
+    n = int(counts.shape[0])
+    if n == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    order = np.argsort(counts, kind="stable")
+    ordered = counts[order]
+    values, starts = np.unique(ordered, return_index=True)
+    ends = np.append(starts[1:], n)
+    sparse_idx: list[npt.NDArray[np.int64]] = []
+    sparse_val: list[npt.NDArray[np.int64]] = []
+    dense = np.ones(n, dtype=bool)
+    sampler: _TailSampler | None = None
+    for c, lo, hi in zip(values.tolist(), starts.tolist(), ends.tolist(), strict=True):
+        t = threshold - c
+        if t < 1 or max_q <= 0 or model.tail(t) > max_q:
+            continue  # likely to clear τ: cheaper to noise key by key
+        sampler = sampler or _TailSampler(model)
+        members = np.sort(order[lo:hi])
+        picks = sampler.exceeding(hi - lo, t)
+        dense[members] = False
+        if picks:
+            sparse_idx.append(members[np.array(picks, dtype=np.int64)])
+            sparse_val.append(c + np.array([sampler.tail_value(t) for _ in picks], dtype=np.int64))
+    dense_idx = np.flatnonzero(dense)
+    noisy = noise_counts(model, counts[dense_idx], workers=workers)
+    keep = noisy >= threshold
+    idx = np.concatenate([dense_idx[keep], *sparse_idx]).astype(np.int64)
+    val = np.concatenate([noisy[keep], *sparse_val]).astype(np.int64)
+    by_pos = np.argsort(idx, kind="stable")
+    return idx[by_pos], val[by_pos]
+
+
+def exceed_probability(model: NoiseModel, t: int, prec: int = 128) -> Any:
+    """P(Z ≥ t) for the model's noise Z, as an Arb ball (rigorous enclosure) at ``prec`` bits."""
+    return _TailSampler(model).q(t, prec)
+
+
+# -- exact arithmetic ---------------------------------------------------------------------
+
+
+@contextmanager
+def _precision(prec: int) -> Iterator[None]:
+    from flint import ctx
+
+    old = ctx.prec
+    ctx.prec = prec
+    try:
+        yield
+    finally:
+        ctx.prec = old
+
+
+class _Bits:
+    """Uniform random bits from OpenDP: randomized response with f = 1 flips each bit of
+    the input with probability exactly 1/2 (OpenDP's exact Bernoulli sampler)."""
+
+    _BYTES = 512
+
+    def __init__(self) -> None:
+        from privmob.mechanism import _dp
+
+        dp = _dp()
+        self._meas = dp.m.make_randomized_response_bitvec(
+            dp.bitvector_domain(max_weight=1), dp.discrete_distance(), f=1.0)
+        self._pool = 0
+        self._have = 0
+
+    def take(self, k: int) -> int:
+        while self._have < k:
+            fresh = int.from_bytes(self._meas(bytes(self._BYTES)), "big")
+            self._pool = (self._pool << (8 * self._BYTES)) | fresh
+            self._have += 8 * self._BYTES
+        self._have -= k
+        out = self._pool >> self._have
+        self._pool &= (1 << self._have) - 1
+        return out
+
+
+class _Uniform:
+    """A uniform real U in (0, 1) of which only the first ``bits`` binary digits are known."""
+
+    def __init__(self, source: _Bits) -> None:
+        self._source = source
+        self.num = source.take(_WORD)
+        self.bits = _WORD
+
+    def refine(self) -> None:
+        self.num = (self.num << _WORD) | self._source.take(_WORD)
+        self.bits += _WORD
+
+    def ball(self) -> Any:
+        """An Arb ball containing [num/2^bits, (num+1)/2^bits], the interval U is in."""
+        from flint import arb
+
+        return (arb(2 * self.num + 1) + arb(0, 1)) / arb(2) ** (self.bits + 1)
+
+
+class _TailSampler:
+    """Exact skips and conditional tail draws for one noise model."""
+
+    def __init__(self, model: NoiseModel) -> None:
+        if model.mechanism not in ("laplace", "gaussian"):  # pragma: no cover - config validates
+            raise ValueError(f"no exact tail for mechanism {model.mechanism!r}")
+        self.model = model
+        self.bits = _Bits()
+        self._tails: dict[int, dict[int, Any]] = {}  # prec → t → Σ_{z≥t} w_z
+
+    # P(Z ≥ t), t ≥ 1, as a rigorous ball ---------------------------------------------------
+    @functools.cache  # noqa: B019 - one sampler per release, few (t, prec)
+    def q(self, t: int, prec: int) -> Any:
+        from flint import arb
+
+        with _precision(prec + 16):
+            s = arb(self.model.scale)  # the float is a dyadic rational: exact in Arb
+            if self.model.mechanism == "laplace":
+                # p(z) = (1−b)/(1+b)·b^|z|, b = e^{−1/s}  ⇒  P(Z ≥ t) = b^t / (1 + b)
+                b = (-1 / s).exp()
+                return (-t / s).exp() / (1 + b)
+            return self._gauss_tail(t, prec) / self._gauss_total(prec)
+
+    @functools.cache  # noqa: B019
+    def _gauss_total(self, prec: int) -> Any:
+        """Σ_z e^{−z²/2σ²} = σ√(2π)·(1 + 2Σ_{j≥1} e^{−2π²σ²j²}) (Poisson summation)."""
+        from flint import arb
+
+        with _precision(prec + 16):
+            s = arb(self.model.scale)
+            r = (-2 * arb.pi() ** 2 * s**2).exp()  # < e^{-19.7} for σ ≥ 1: few terms
+            series, j, tiny = arb(0), 1, arb(2) ** (-prec - 8)
+            while True:
+                term = r ** (j * j)
+                series += term
+                j += 1
+                if term < tiny:
+                    break
+            rest = r ** (j * j) / (1 - r)  # ≥ Σ_{i≥j} r^{i²}
+            series += rest / 2 + arb(0, 1) * rest / 2
+            return s * (2 * arb.pi()).sqrt() * (1 + 2 * series)
+
+    def _gauss_tail(self, t: int, prec: int) -> Any:
+        """Σ_{z≥t} e^{−z²/2σ²}: summed until the terms are negligible, plus a bound on the rest.
+
+        Classes are visited with falling t, so a tail already known for some u > t is reused:
+        S(t) = S(u) + Σ_{t≤z<u} w_z — a handful of terms instead of a whole sum per class.
+        """
+        from flint import arb
+
+        known = self._tails.setdefault(prec, {})
+        if t in known:
+            return known[t]
+        with _precision(prec + 32):
+            above = [u for u in known if u > t]
+            if above:
+                u = min(above)
+                total, _ = self._gauss_terms(t, stop=lambda k, term, acc: k >= u)
+                known[t] = total + known[u]
+                return known[t]
+            tiny = arb(2) ** (-prec - 8)
+            total, (k, term) = self._gauss_terms(t, stop=lambda k, term, acc: term < tiny * acc)
+            # Σ_{z≥k} e^{−z²/2σ²} ≤ term_k · Σ_j e^{−jk/σ²} = term_k / (1 − e^{−k/σ²})
+            rest = term / (1 - (-arb(k) / arb(self.model.scale) ** 2).exp())
+            known[t] = total + rest / 2 + arb(0, 1) * rest / 2
+            return known[t]
+
+    def _gauss_terms(self, t: int, stop: Any) -> tuple[Any, tuple[int, Any]]:
+        """Σ_{t≤z<k} e^{−z²/2σ²} for the first k where ``stop(k, w_k, sum)``; also (k, w_k)."""
+        from flint import arb
+
+        s2 = arb(self.model.scale) ** 2
+        term = (-arb(t) ** 2 / (2 * s2)).exp()
+        ratio = (-(2 * arb(t) + 1) / (2 * s2)).exp()  # w_{k+1} / w_k
+        step = (-1 / s2).exp()  # ratio_{k+1} / ratio_k
+        total, k = arb(0), t
+        while not stop(k, term, total):
+            total += term
+            k += 1
+            term *= ratio
+            ratio *= step
+        return total, (k, term)
+
+    # sampling -----------------------------------------------------------------------------
+    def exceeding(self, n: int, t: int) -> list[int]:
+        """Indices in ``range(n)`` of the keys whose noise clears ``t``: iid Bernoulli(q)."""
+        out: list[int] = []
+        pos = -1
+        while True:
+            pos += 1 + self._geometric(lambda prec: (-self.q(t, prec)).log1p())
+            if pos >= n:
+                return out
+            out.append(pos)
+
+    def tail_value(self, t: int) -> int:
+        """One draw of Z given Z ≥ t (t ≥ 1)."""
+        if self.model.mechanism == "laplace":
+            # given Z ≥ t ≥ 0, Z − t is geometric: P(Z − t ≥ k) = e^{−k/s}
+            from flint import arb
+
+            scale = self.model.scale
+            return t + self._geometric(lambda prec: -1 / arb(scale))
+        return self._gauss_tail_value(t)
+
+    def _geometric(self, log_r: Any) -> int:
+        """⌊ln U / ln r⌋, i.e. G with P(G ≥ k) = r^k; ``log_r(prec)`` encloses ln r < 0."""
+        u = _Uniform(self.bits)
+        prec = _START_PREC
+        while True:
+            with _precision(prec):
+                g = (u.ball().log() / log_r(prec)).floor().unique_fmpz()
+            if g is not None:
+                return int(g)
+            u.refine()
+            prec *= 2
+
+    def _gauss_tail_value(self, t: int) -> int:
+        """Invert the CDF of Z | Z ≥ t: the k with A_k ≤ U·S < A_{k+1}, A_k = Σ_{t≤z<k} w_z."""
+        u = _Uniform(self.bits)
+        prec = _START_PREC
+        while True:
+            with _precision(prec + 32):
+                target = u.ball() * self._gauss_tail(t, prec)
+                # walk while U·S is certainly past A_{k+1}; stop when below it, or undecided
+                total, (k, term) = self._gauss_terms(t, stop=lambda k, w, acc, x=target: not x >= acc + w)
+                if target < total + term:
+                    return k
+            u.refine()
+            prec *= 2
