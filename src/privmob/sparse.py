@@ -86,7 +86,7 @@ def noise_and_suppress(
         if t < 1 or max_q <= 0 or model.tail(t) > max_q:
             continue  # likely to clear τ: cheaper to noise key by key
         sampler = sampler or _TailSampler(model)
-        members = np.sort(order[lo:hi])
+        members = order[lo:hi]  # ascending: the argsort is stable
         picks = sampler.exceeding(hi - lo, t)
         dense[members] = False
         if picks:
