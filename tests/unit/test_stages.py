@@ -452,6 +452,47 @@ def test_dwell_counts_distinct_minutes_not_pings() -> None:
     assert exact.bounding.dwell_minutes_kept == 3
 
 
+@pytest.mark.parametrize("window", ["1h", "2h"])
+def test_exact_stage_counts_every_batch_once(window: str) -> None:
+    """The status counts are taken per streaming batch on the way to the dwell aggregate:
+    over an input of many batches they must equal a direct count, and the dwell minutes
+    (one 64-minute word per 1 h window, two per 2 h window) must equal n_unique."""
+    import numpy as np
+
+    from privmob.backends import get_backend
+    from tests.conftest import config
+
+    n = 300_000
+    rng = np.random.default_rng(7)
+    group = rng.choice(["confirmed", "suspected", "resident", "", None], n).tolist()
+    frame = pl.DataFrame({
+        "person_id": [f"p{i}" for i in rng.integers(0, 500, n)],
+        "ts": (PERIOD_START - 3600 + rng.integers(0, DAY + 7200, n)).tolist(),
+        "lat": (39.9 + rng.random(n) * 0.05).tolist(),
+        "lng": (116.4 + rng.random(n) * 0.05).tolist(),
+        "group": group,
+    }).with_columns(lat=pl.when(pl.int_range(pl.len()) % 997 == 0).then(95.0).otherwise("lat"))
+    cfg = config(grid={"resolution": 8, "window": window}, privacy={"max_cells_per_window": 3})
+    exact = get_backend("polars").exact_cells(
+        frame, cfg, Pseudonymiser(TEST_KEY.encode(), "p"), None)
+    start, end, seconds = PERIOD_START, PERIOD_START + DAY, cfg.grid.window_seconds
+    g = pl.col("group").str.strip_chars()
+    status = (pl.when(pl.col("lat") > 90).then(pl.lit("lat_out_of_range"))
+              .when(g.is_null() | (g == "")).then(pl.lit("group_missing"))
+              .when(~g.is_in(GROUPS)).then(pl.lit("out_of_scope"))
+              .when((pl.col("ts") < start) | (pl.col("ts") >= end)).then(pl.lit("out_of_period"))
+              .otherwise(pl.lit("ok")))
+    expected = dict(frame.group_by(status.alias("s")).len().iter_rows())
+    assert exact.rows_by_status == expected
+    ok = frame.filter(status == "ok")
+    minutes = ok.select(
+        "person_id", ((pl.col("ts") - start) // seconds).alias("w"),
+        index.cell(8).alias("c"), ((pl.col("ts") - start) % seconds // 60).alias("m"),
+    ).group_by("person_id", "w", "c").agg(pl.col("m").n_unique())
+    assert exact.bounding.dwell_minutes == minutes["m"].sum()
+    assert exact.bounding.person_cell_windows == minutes.height
+
+
 def test_bounding_stats() -> None:
     before = _dwell([(1, 0, CELL_A, 6), (1, 0, CELL_B, 2), (1, 1, CELL_A, 2)])
     after = bound.bound(before, 1, 24)
