@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import h3
+import h3.api.basic_int as h3_int
 import numpy as np
 import numpy.typing as npt
 
@@ -46,12 +48,13 @@ class Boundary:
 @functools.lru_cache(maxsize=16)
 def _cells(boundary: Boundary, resolution: int) -> npt.NDArray[np.uint64]:
     shape = h3.geo_to_h3shape(boundary.geometry.__geo_interface__)
-    cells = h3.h3shape_to_cells_experimental(shape, resolution, contain="overlap")
+    # The int API: the same cells as the string one, without a str -> int call per cell.
+    cells = h3_int.h3shape_to_cells_experimental(shape, resolution, contain="overlap")
     if not cells:
         raise BoundaryError(
             f"boundary {boundary.path} covers no H3 cell at resolution {resolution}"
         )
-    return np.sort(np.fromiter((h3.str_to_int(c) for c in cells), dtype=np.uint64))
+    return np.sort(np.array(cells, dtype=np.uint64))
 
 
 def load_boundary(path: Path, where: Mapping[str, str] | None = None,
@@ -62,7 +65,6 @@ def load_boundary(path: Path, where: Mapping[str, str] | None = None,
     that can be converted to it; ``crs = "gcj02"`` or ``"bd09"`` says its degrees are in
     China's offset datums (files rarely declare that), and they are converted to WGS-84.
     """
-    import geopandas as gpd  # heavy; only needed when a boundary is configured
     from shapely import make_valid, union_all
 
     where = dict(where or {})
@@ -73,6 +75,81 @@ def load_boundary(path: Path, where: Mapping[str, str] | None = None,
         data = read_small_file(path, "boundary file", limit=512 << 20)
     except ConfigError as exc:
         raise BoundaryError(str(exc)) from exc
+    geoms = None if where else _plain_geojson_polygons(data)
+    if geoms is None:
+        geoms = _read_polygons(path, where)
+    geometry = make_valid(union_all(geoms))
+    if crs != "wgs84":
+        from privmob.crs import geometry_to_wgs84
+
+        geometry = make_valid(geometry_to_wgs84(geometry, crs))  # type: ignore[arg-type]
+    if geometry.is_empty or geometry.area == 0:
+        raise BoundaryError(f"boundary in {path} has no area")
+    minx, miny, maxx, maxy = geometry.bounds
+    if not (-180 <= minx <= maxx <= 180 and -90 <= miny <= maxy <= 90):
+        raise BoundaryError(
+            f"boundary in {path} is not in longitude/latitude degrees (bounds {geometry.bounds})"
+        )
+    return Boundary(
+        geometry=geometry,
+        path=path,
+        sha256=hashlib.sha256(data).hexdigest(),
+        where=tuple(sorted(where.items())) + ((("crs", crs),) if crs != "wgs84" else ()),
+    )
+
+
+def _plain_geojson_polygons(data: bytes) -> list[Any] | None:
+    """The polygons of a plain GeoJSON FeatureCollection, or None to let GDAL read the file.
+
+    Importing geopandas (pandas, pyproj, pyogrio) is ~0.4 s of a ~0.9 s plan, and a city
+    outline is nearly always such a file: only polygons, no ``crs`` member (so WGS-84), no
+    feature selection. json + shapely read those to the same coordinates and geometries
+    as GDAL. Anything else — a ``where``, a ``crs`` member, another geometry type, null, 3-D
+    or non-finite coordinates, another format — returns None and takes the GDAL path, so
+    its conversions and error messages are unchanged.
+    """
+    import shapely
+    from shapely.geometry import shape
+
+    try:
+        doc = json.loads(data)
+    except ValueError:  # includes UnicodeDecodeError: not JSON text
+        return None
+    if not isinstance(doc, dict) or doc.get("type") != "FeatureCollection" or "crs" in doc:
+        return None
+    features = doc.get("features")
+    if not isinstance(features, list) or not features:
+        return None
+    geoms = []
+    for feature in features:
+        geometry = feature.get("geometry") if isinstance(feature, dict) else None
+        if not isinstance(geometry, dict) or geometry.get("type") not in ("Polygon", "MultiPolygon"):
+            return None
+        coordinates = geometry.get("coordinates")
+        polygons = [coordinates] if geometry["type"] == "Polygon" else coordinates
+        if not isinstance(polygons, list) or not all(
+            isinstance(rings, list) and rings and all(_closed_ring(r) for r in rings) for rings in polygons
+        ):
+            return None
+        try:
+            geom = shape(geometry)
+        except Exception:  # malformed rings or coordinates: GDAL decides, and says why
+            return None
+        if geom.is_empty or shapely.has_z(geom) or not np.isfinite(shapely.get_coordinates(geom)).all():
+            return None
+        geoms.append(geom)
+    return geoms
+
+
+def _closed_ring(ring: Any) -> bool:
+    """At least 4 positions, the last repeating the first (RFC 7946); else GDAL decides."""
+    return isinstance(ring, list) and len(ring) >= 4 and ring[0] == ring[-1]
+
+
+def _read_polygons(path: Path, where: Mapping[str, str]) -> list[Any]:
+    """The selected polygons of any vector layer GDAL reads, in WGS-84."""
+    import geopandas as gpd  # heavy; only needed when a boundary is not plain GeoJSON
+
     try:
         frame = gpd.read_file(path)
     except Exception as exc:  # pyogrio raises several unrelated types
@@ -96,21 +173,4 @@ def load_boundary(path: Path, where: Mapping[str, str] | None = None,
         raise BoundaryError(
             f"boundary file {path} must hold polygons; found {', '.join(kinds)}"
         )
-    geometry = make_valid(union_all(geoms))
-    if crs != "wgs84":
-        from privmob.crs import geometry_to_wgs84
-
-        geometry = make_valid(geometry_to_wgs84(geometry, crs))  # type: ignore[arg-type]
-    if geometry.is_empty or geometry.area == 0:
-        raise BoundaryError(f"boundary in {path} has no area")
-    minx, miny, maxx, maxy = geometry.bounds
-    if not (-180 <= minx <= maxx <= 180 and -90 <= miny <= maxy <= 90):
-        raise BoundaryError(
-            f"boundary in {path} is not in longitude/latitude degrees (bounds {geometry.bounds})"
-        )
-    return Boundary(
-        geometry=geometry,
-        path=path,
-        sha256=hashlib.sha256(data).hexdigest(),
-        where=tuple(sorted(where.items())) + ((("crs", crs),) if crs != "wgs84" else ()),
-    )
+    return geoms
