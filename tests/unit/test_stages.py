@@ -454,9 +454,8 @@ def test_dwell_counts_distinct_minutes_not_pings() -> None:
 
 @pytest.mark.parametrize("window", ["1h", "2h"])
 def test_exact_stage_counts_every_batch_once(window: str) -> None:
-    """The status counts are taken per streaming batch on the way to the dwell aggregate:
-    over an input of many batches they must equal a direct count, and the dwell minutes
-    (one 64-minute word per 1 h window, two per 2 h window) must equal n_unique."""
+    """Over an input of many streaming batches the status counts equal a direct count, and
+    the dwell minutes (one 64-minute word per 1 h window, two per 2 h window) n_unique."""
     import numpy as np
 
     from privmob.backends import get_backend
