@@ -33,7 +33,7 @@ import polars as pl
 import polars_h3 as plh3
 
 import privmob as pm
-from privmob import ingest, scope, synth
+from privmob import ingest, keys, scope, sparse, synth
 from privmob.backends import get_backend
 from privmob.pseudonymise import Pseudonymiser
 
@@ -70,8 +70,12 @@ def timed(fn: Any) -> tuple[float, Any]:
     return time.perf_counter() - t, out
 
 
-def end_to_end_subprocess(path: Path, resolution: int) -> dict[str, float]:
-    """Run plan → release → write in a fresh interpreter; return seconds and peak RSS."""
+def end_to_end_subprocess(path: Path, resolution: int, cache_dir: Path | None = None) -> dict[str, float]:
+    """Run plan → release → write in a fresh interpreter; return seconds and peak RSS.
+
+    ``cache_dir`` is the public-key cache the run sees (PRIVMOB_CACHE_DIR): an empty folder
+    for a cold start, the same folder again for a scheduled job's second day.
+    """
     code = f"""
 import json, os, resource, sys, tempfile, time
 sys.path.insert(0, {str(HERE)!r})
@@ -89,16 +93,39 @@ rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps({{"seconds": seconds, "peak_rss_mb": rss,
                    "cells_released": release.manifest["cells_released"]}}))
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    env = dict(os.environ)
+    if cache_dir is not None:
+        env["PRIVMOB_CACHE_DIR"] = str(cache_dir)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env=env)
     result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
+
+
+def dense_vector(plan: Any, counts: pl.DataFrame) -> Any:
+    """The vector of exact counts over every public key, as Plan._noise builds it."""
+    import numpy as np
+
+    n_win = plan.config.n_windows
+    vec = np.zeros(plan.key_cells.size * n_win, dtype=np.int64)
+    pos = np.searchsorted(plan.key_cells, counts["cell"].to_numpy())
+    vec[pos * n_win + counts["window"].to_numpy()] = counts["count"].to_numpy()
+    return vec
 
 
 def stages(path: Path, resolution: int) -> dict[str, float]:
     os.environ["PRIVMOB_PSEUDONYM_KEY"] = KEY
     cfg = job(resolution)
     seconds: dict[str, float] = {}
-    seconds["plan (boundary → public keys, calibration)"], plan = timed(lambda: pm.plan(cfg))
+    user_cache = os.environ.get("PRIVMOB_CACHE_DIR")
+    with tempfile.TemporaryDirectory() as cache:
+        os.environ["PRIVMOB_CACHE_DIR"] = cache
+        seconds["plan, cold (boundary → public keys by h3, calibration)"], plan = timed(lambda: pm.plan(cfg))
+        keys._cells.cache_clear()
+        seconds["plan, key cache warm"], plan = timed(lambda: pm.plan(cfg))
+    os.environ.pop("PRIVMOB_CACHE_DIR")
+    if user_cache is not None:
+        os.environ["PRIVMOB_CACHE_DIR"] = user_cache
     pings = pm.read_pings(path)
     schema = pings.schema()
     start, end = int(cfg.period_start.timestamp()), int(cfg.period_end.timestamp())
@@ -112,7 +139,10 @@ def stages(path: Path, resolution: int) -> dict[str, float]:
     pseudo = Pseudonymiser(KEY.encode(), "2026-11-26")
     seconds["exact aggregate (all stages to counts)"], exact = timed(
         lambda: get_backend("polars").exact_cells(pings, cfg, pseudo, plan.key_cells))
-    seconds["noise (OpenDP, all public keys)"], _ = timed(lambda: plan._noise(exact.counts))
+    seconds["noise + suppress (sparse path, ADR 0005)"], _ = timed(lambda: plan._noise(exact.counts))
+    vec = dense_vector(plan, exact.counts)
+    seconds["noise + suppress, every key by OpenDP (before ADR 0005)"], _ = timed(
+        lambda: sparse.noise_and_suppress(plan.noise, vec, plan.release_threshold, max_q=0))
     release = plan.release(pings)
     with tempfile.TemporaryDirectory() as tmp:
         seconds["write release"], _ = timed(lambda: release.write(Path(tmp) / "r"))
@@ -131,10 +161,15 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resolution", type=int, default=8)
+    parser.add_argument("--repeat", type=int, default=3, help="warm end-to-end runs (median shown)")
     args = parser.parse_args()
     path = dataset(args.rows, args.seed)
     rows = pl.scan_parquet(path).select(pl.len()).collect().item()
-    e2e = end_to_end_subprocess(path, args.resolution)
+    with tempfile.TemporaryDirectory() as cache:
+        cold = end_to_end_subprocess(path, args.resolution, Path(cache))
+        warm_runs = [end_to_end_subprocess(path, args.resolution, Path(cache)) for _ in range(args.repeat)]
+    warm_runs.sort(key=lambda r: r["seconds"])
+    e2e = warm_runs[len(warm_runs) // 2]  # the median run
     st = stages(path, args.resolution)
     keys = st.pop("_keys")
     floor = st["floor: scan → H3 → n_unique persons per (cell, hour)"]
@@ -142,18 +177,22 @@ def main() -> None:
     print(f"\nprivmob {pm.__version__} · {rows:,} pings · res {args.resolution} · "
           f"{int(keys):,} public keys · {os.cpu_count()} cores · polars {pl.__version__}\n")
     print(f"{'measure':58} {'seconds':>8} {'M pings/s':>10} {'× floor':>8}")
-    print(f"{'end to end (subprocess, Parquet → release written)':58} {e2e['seconds']:8.2f} "
-          f"{rows / e2e['seconds'] / 1e6:10.2f} {e2e['seconds'] / floor:8.2f}")
+    for label, run in (("end to end, key cache warm (median of runs)", e2e),
+                       ("end to end, key cache warm (best run)", warm_runs[0]),
+                       ("end to end, cold (first run: boundary → keys by h3)", cold)):
+        print(f"{label:58} {run['seconds']:8.2f} {rows / run['seconds'] / 1e6:10.2f} "
+              f"{run['seconds'] / floor:8.2f}")
     for name, sec in st.items():
         print(f"{name:58} {sec:8.2f} {rows / sec / 1e6:10.2f} {sec / floor:8.2f}")
     print(f"\npeak RSS end to end: {e2e['peak_rss_mb']:.0f} MB · "
           f"exact aggregate / floor = {exact / floor:.2f} · "
-          f"noise: {st['noise (OpenDP, all public keys)'] / keys * 1e6:.1f} µs per key")
+          f"noise, every key by OpenDP: "
+          f"{st['noise + suppress, every key by OpenDP (before ADR 0005)'] / keys * 1e6:.1f} µs per key")
     result = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "privmob": pm.__version__, "polars": pl.__version__, "python": platform.python_version(),
         "cores": os.cpu_count(), "rows": rows, "resolution": args.resolution, "public_keys": keys,
-        "end_to_end": e2e, "stages_s": st,
+        "end_to_end": e2e, "end_to_end_warm_runs": warm_runs, "end_to_end_cold": cold, "stages_s": st,
         "self_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     out = HERE / "results" / f"pipeline-{rows}-res{args.resolution}-{dt.date.today().isoformat()}.json"

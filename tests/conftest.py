@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,18 @@ TEST_KEY = "0123456789abcdef" * 4  # 64 chars; a test-only secret that outputs a
 PERIOD = dt.date(2026, 11, 26)
 #: 2026-11-26 00:00 in Asia/Shanghai, as epoch seconds.
 PERIOD_START = int(dt.datetime(2026, 11, 26, tzinfo=dt.timezone(dt.timedelta(hours=8))).timestamp())
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_key_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Tests (and the CLIs they start) never read or write the user's cache of public keys."""
+    old = os.environ.get("PRIVMOB_CACHE_DIR")
+    os.environ["PRIVMOB_CACHE_DIR"] = str(tmp_path_factory.mktemp("privmob-cache"))
+    yield
+    if old is None:
+        del os.environ["PRIVMOB_CACHE_DIR"]
+    else:
+        os.environ["PRIVMOB_CACHE_DIR"] = old
 
 
 @pytest.fixture

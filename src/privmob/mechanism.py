@@ -218,8 +218,10 @@ def noise_counts(model: NoiseModel, counts: npt.NDArray[np.int64],
     if n == 0:
         return counts.copy()
     meas = model.measurement()
-    chunks = [counts[i:i + _CHUNK].tolist() for i in range(0, n, _CHUNK)]
-    workers = workers or min(len(chunks), os.cpu_count() or 1)
+    cores = os.cpu_count() or 1
+    size = max(256, min(_CHUNK, -(-n // cores)))  # a few thousand keys still use every core
+    chunks = [counts[i:i + size].tolist() for i in range(0, n, size)]
+    workers = workers or min(len(chunks), cores)
     if workers <= 1:
         noisy = [meas(c) for c in chunks]
     else:

@@ -16,6 +16,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -508,7 +509,11 @@ class Plan:
         tick = time.perf_counter()
         source = _as_source(pings, backend or cfg.job.backend)
         engine = get_backend(backend or cfg.job.backend)
-        exact = engine.exact_cells(source, cfg, pseudonymiser, self.key_cells)
+        # The input's digest is read alongside the scan (hashlib releases the GIL), not after.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="privmob-sha256") as pool:
+            input_sha = pool.submit(source.sha256) if isinstance(source, Pings) else None
+            exact = engine.exact_cells(source, cfg, pseudonymiser, self.key_cells)
+            input_sha256 = None if input_sha is None else input_sha.result()
         timings["exact"] = time.perf_counter() - tick
         if exact.rows_in == 0:
             raise InputError(
@@ -537,7 +542,7 @@ class Plan:
             window_seconds=cfg.grid.window_seconds,
             ci_halfwidth=self.noise.ci_halfwidth(0.95),
         )
-        manifest = self._manifest(release_id, exact, pseudonymiser, source, table.height, n_keys,
+        manifest = self._manifest(release_id, exact, pseudonymiser, input_sha256, table.height, n_keys,
                                   threshold_used, delta_used)
         if signer is not None:
             manifest["signature"] = {"algorithm": "Ed25519", "file": SIGNATURE_FILE,
@@ -706,12 +711,11 @@ class Plan:
         }
         return table, manifest
 
-    def _manifest(self, release_id: str, exact: Any, pseudonymiser: Pseudonymiser, source: Any,
+    def _manifest(self, release_id: str, exact: Any, pseudonymiser: Pseudonymiser, input_sha: str | None,
                   released: int, n_keys: int | None, threshold: int,
                   threshold_delta: float) -> dict[str, Any]:
         cfg, s = self.config, self.summary()
         by_status = exact.rows_by_status
-        input_sha = source.sha256() if isinstance(source, Pings) else None
         return {
             "privmob_version": __version__,
             "release_id": release_id,

@@ -73,21 +73,16 @@ def noise_and_suppress(
     n = int(counts.shape[0])
     if n == 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    order = np.argsort(counts, kind="stable")
-    ordered = counts[order]
-    values, starts = np.unique(ordered, return_index=True)
-    ends = np.append(starts[1:], n)
     sparse_idx: list[npt.NDArray[np.int64]] = []
     sparse_val: list[npt.NDArray[np.int64]] = []
     dense = np.ones(n, dtype=bool)
     sampler: _TailSampler | None = None
-    for c, lo, hi in zip(values.tolist(), starts.tolist(), ends.tolist(), strict=True):
+    for c, members in _classes(counts):
         t = threshold - c
         if t < 1 or max_q <= 0 or model.tail(t) > max_q:
             continue  # likely to clear τ: cheaper to noise key by key
         sampler = sampler or _TailSampler(model)
-        members = order[lo:hi]  # ascending: the argsort is stable
-        picks = sampler.exceeding(hi - lo, t)
+        picks = sampler.exceeding(members.size, t)
         dense[members] = False
         if picks:
             sparse_idx.append(members[np.array(picks, dtype=np.int64)])
@@ -99,6 +94,21 @@ def noise_and_suppress(
     val = np.concatenate([noisy[keep], *sparse_val]).astype(np.int64)
     by_pos = np.argsort(idx, kind="stable")
     return idx[by_pos], val[by_pos]
+
+
+def _classes(counts: npt.NDArray[np.int64]) -> Iterator[tuple[int, npt.NDArray[np.int64]]]:
+    """(true count, its keys in ascending order) for every count present."""
+    zero = counts == 0  # most public keys: found without sorting them
+    if zero.any():
+        yield 0, np.flatnonzero(zero)
+    others = np.flatnonzero(~zero)
+    if others.size == 0:
+        return
+    order = others[np.argsort(counts[others], kind="stable")]  # stable: ascending within a class
+    values, starts = np.unique(counts[order], return_index=True)
+    ends = np.append(starts[1:], order.size)
+    for c, lo, hi in zip(values.tolist(), starts.tolist(), ends.tolist(), strict=True):
+        yield c, order[lo:hi]
 
 
 def exceed_probability(model: NoiseModel, t: int, prec: int = 128) -> Any:

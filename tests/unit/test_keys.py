@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from shapely.geometry import Point
 
+from privmob import keys
 from privmob.errors import BoundaryError
 from privmob.keys import Boundary, load_boundary
 from tests.conftest import SAMPLES
@@ -343,3 +344,62 @@ def test_non_json_bytes_are_left_to_gdal() -> None:
 
     assert keys._plain_geojson_polygons(b"PK\x03\x04 not json \xff") is None
     assert keys._plain_geojson_polygons(b"lat,lng\n1,2\n") is None
+
+
+# --- the key cache -----------------------------------------------------------------------------
+
+
+def _fresh_cells(boundary: Boundary, res: int) -> np.ndarray:
+    keys._cells.cache_clear()  # the in-process cache would hide the file cache
+    return boundary.cells(res)
+
+
+def test_cells_are_cached_on_disk_and_reused_without_h3(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, beijing: Boundary,
+) -> None:
+    monkeypatch.setenv("PRIVMOB_CACHE_DIR", str(tmp_path))
+    first = _fresh_cells(beijing, 6)
+    files = list((tmp_path / "keys").glob("*.npy"))
+    assert len(files) == 1 and not list((tmp_path / "keys").glob("*.tmp"))
+
+    def no_h3(*_a: Any, **_k: Any) -> Any:
+        raise AssertionError("h3 was asked again")
+
+    monkeypatch.setattr(keys.h3_int, "h3shape_to_cells_experimental", no_h3)
+    again = _fresh_cells(beijing, 6)
+    assert np.array_equal(first, again) and again.dtype == np.uint64
+    # another resolution or another area is another entry, not a wrong hit
+    with pytest.raises(AssertionError, match="asked again"):
+        _fresh_cells(beijing, 5)
+
+
+@pytest.mark.parametrize("damage", ["garbage", "unsorted", "wrong resolution", "empty"])
+def test_a_damaged_cache_entry_is_recomputed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, beijing: Boundary, damage: str,
+) -> None:
+    monkeypatch.setenv("PRIVMOB_CACHE_DIR", str(tmp_path))
+    truth = _fresh_cells(beijing, 6)
+    (entry,) = (tmp_path / "keys").glob("*.npy")
+    if damage == "garbage":
+        entry.write_bytes(b"not an array")
+    else:
+        bad = {"unsorted": truth[::-1], "empty": truth[:0],
+               "wrong resolution": np.array([_cell(TIANANMEN, 7)], dtype=np.uint64)}[damage]
+        np.save(entry, bad)
+    assert np.array_equal(_fresh_cells(beijing, 6), truth)
+    assert np.array_equal(np.load(entry), truth)  # and repaired
+
+
+def test_cache_off_and_unwritable_cache_still_give_the_cells(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, beijing: Boundary,
+) -> None:
+    monkeypatch.setenv("PRIVMOB_CACHE_DIR", "")
+    assert keys.cache_dir() is None
+    truth = _fresh_cells(beijing, 6)
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the cache folder should be")
+    monkeypatch.setenv("PRIVMOB_CACHE_DIR", str(blocker))
+    assert np.array_equal(_fresh_cells(beijing, 6), truth)
+    monkeypatch.delenv("PRIVMOB_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert keys.cache_dir() == tmp_path / "xdg" / "privmob"
