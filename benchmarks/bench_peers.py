@@ -107,6 +107,7 @@ PRIVMOB_CHILD = r"""
 import json, os, resource, sys, tempfile, threading, time
 os.environ["PRIVMOB_PSEUDONYM_KEY"] = {key!r}
 import privmob as pm
+import flint, opendp.prelude, shapely  # privmob's lazy imports: imports are not timed, for any engine
 
 stage = ["start"]
 peak = {{}}

@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import flint  # noqa: F401 - privmob imports these lazily; imports are not timed
+import opendp.prelude  # noqa: F401
 import polars as pl
 import polars_h3 as plh3
 
@@ -82,6 +84,7 @@ sys.path.insert(0, {str(HERE)!r})
 os.environ["PRIVMOB_PSEUDONYM_KEY"] = {KEY!r}
 from bench_pipeline import job
 import privmob as pm
+import flint, opendp.prelude, shapely  # privmob's lazy imports: imports are not timed, for any engine
 t = time.perf_counter()
 cfg = job({resolution})
 plan = pm.plan(cfg)
