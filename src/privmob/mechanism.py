@@ -6,7 +6,9 @@ and its privacy maps — not our arithmetic — decide what a release costs.
 
 OpenDP's samplers are single-threaded (~6 µs per key for Laplace, ~10 µs for Gaussian);
 a city day has hundreds of thousands of public keys, so the vector is noised in chunks on
-all cores (the OpenDP call releases the GIL). Each key is noised exactly once.
+all cores (the OpenDP call releases the GIL). Each key is noised exactly once. Public keys
+far below the release threshold never come here one by one: :mod:`privmob.sparse` samples
+which of them clear it, with the same output distribution (ADR 0005).
 
 We use OpenDP's core measurements, not its Polars context: that integration pins one
 exact Polars release, and our engine runs on current Polars.
