@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from privmob.config import JobConfig
     from privmob.pseudonymise import Pseudonymiser
 
-__all__ = ["Backend", "get_backend"]
+__all__ = ["Backend", "get_backend", "keyed_fixes", "stored_positions"]
 
 
 class Backend(Protocol):
@@ -75,3 +75,31 @@ def get_backend(name: str) -> Backend:
             ) from exc
         return SparkBackend()
     raise ConfigError(f"unknown backend {name!r}; use 'polars' or 'spark'")
+
+
+# -- shared driver-side steps: both engines bring usable fixes to the driver, then this -----
+
+
+def keyed_fixes(frame: pl.DataFrame, pseudonymiser: Pseudonymiser) -> pl.DataFrame:
+    """Distinct fixes (``person_id``, ``t``, ``lat``, ``lng``) keyed by the Int64 pseudonym
+    ``pid`` instead of the raw id; each distinct id is hashed once."""
+    import polars as pl
+
+    frame = frame.select("person_id", "t", "lat", "lng").unique()
+    ids = frame["person_id"].unique()
+    mapping = pl.DataFrame({"person_id": ids, "pid": pseudonymiser.pseudonyms(ids)})
+    return frame.join(mapping, on="person_id", how="inner").select("pid", "t", "lat", "lng")
+
+
+def stored_positions(fixes: pl.DataFrame, pseudonymiser: Pseudonymiser) -> pl.DataFrame:
+    """What the working store keeps: the hex pseudonym as ``person_id``, ``ts`` (epoch
+    seconds), ``lat``, ``lng``, ``group``, sorted by person and time."""
+    import polars as pl
+
+    ids = fixes["person_id"].unique()
+    mapping = pl.DataFrame({"person_id": ids, "pseudonym": pseudonymiser.hex(ids)})
+    return (
+        fixes.join(mapping, on="person_id", how="inner")
+        .select(pl.col("pseudonym").alias("person_id"), pl.col("t").alias("ts"), "lat", "lng", "group")
+        .sort("person_id", "ts")
+    )

@@ -16,6 +16,7 @@ import polars as pl
 
 from privmob import aggregate, bound, crs, index, ingest, pii, scope
 from privmob.aggregate import ExactCounts
+from privmob.backends import keyed_fixes, stored_positions
 from privmob.config import JobConfig
 from privmob.errors import InputError
 from privmob.pseudonymise import Pseudonymiser
@@ -158,9 +159,7 @@ class PolarsBackend:
             .unique()
             .collect(engine="streaming")
         )
-        ids = frame["person_id"].unique()
-        mapping = pl.DataFrame({"person_id": ids, "pid": pseudonymiser.pseudonyms(ids)})
-        return frame.join(mapping, on="person_id", how="inner").select("pid", "t", "lat", "lng")
+        return keyed_fixes(frame, pseudonymiser)
 
     def positions(self, source: Any, config: JobConfig, pseudonymiser: Pseudonymiser) -> pl.DataFrame:
         lf = self._validated(source, config)
@@ -170,13 +169,7 @@ class PolarsBackend:
             .unique()
             .collect(engine="streaming")
         )
-        ids = fixes["person_id"].unique()
-        mapping = pl.DataFrame({"person_id": ids, "pseudonym": pseudonymiser.hex(ids)})
-        return (
-            fixes.join(mapping, on="person_id", how="inner")
-            .select(pl.col("pseudonym").alias("person_id"), pl.col("t").alias("ts"), "lat", "lng", "group")
-            .sort("person_id", "ts")
-        )
+        return stored_positions(fixes, pseudonymiser)
 
     def bad_rows(
         self, source: Any, config: JobConfig, pseudonymiser: Pseudonymiser, limit: int | None

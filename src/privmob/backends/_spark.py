@@ -47,6 +47,7 @@ import pyarrow as pa
 
 from privmob import bound, crs, index, ingest, pii, scope
 from privmob.aggregate import ExactCounts
+from privmob.backends import keyed_fixes, stored_positions
 from privmob.crs import CRS
 from privmob.errors import BackendUnavailableError, InputError, SchemaError
 
@@ -595,20 +596,10 @@ class SparkBackend:
     def fixes(self, source: Any, config: JobConfig, pseudonymiser: Pseudonymiser) -> pl.DataFrame:
         """Usable fixes keyed by pseudonym (``pid``, ``t``, ``lat``, ``lng``), on the driver:
         the input of stay and trip detection, as in the Polars backend."""
-        frame = self._fixes(source, config).select("person_id", "t", "lat", "lng").unique()
-        ids = frame["person_id"].unique()
-        mapping = pl.DataFrame({"person_id": ids, "pid": pseudonymiser.pseudonyms(ids)})
-        return frame.join(mapping, on="person_id", how="inner").select("pid", "t", "lat", "lng")
+        return keyed_fixes(self._fixes(source, config), pseudonymiser)
 
     def positions(self, source: Any, config: JobConfig, pseudonymiser: Pseudonymiser) -> pl.DataFrame:
-        fixes = self._fixes(source, config)
-        ids = fixes["person_id"].unique()
-        mapping = pl.DataFrame({"person_id": ids, "pseudonym": pseudonymiser.hex(ids)})
-        return (
-            fixes.join(mapping, on="person_id", how="inner")
-            .select(pl.col("pseudonym").alias("person_id"), pl.col("t").alias("ts"), "lat", "lng", "group")
-            .sort("person_id", "ts")
-        )
+        return stored_positions(self._fixes(source, config), pseudonymiser)
 
     def bad_rows(
         self, source: Any, config: JobConfig, pseudonymiser: Pseudonymiser, limit: int | None
