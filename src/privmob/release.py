@@ -48,6 +48,18 @@ _SCHEMA = {
 }
 
 
+def release_zone(manifest: Mapping[str, Any]) -> tuple[dt.tzinfo, str]:
+    """The release's local time zone and its name; UTC when the manifest names none or one
+    this machine does not know, so a report of any release still draws."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    name = str(manifest.get("timezone") or "UTC")
+    try:
+        return ZoneInfo(name), name
+    except (ZoneInfoNotFoundError, ValueError):
+        return dt.UTC, "UTC"
+
+
 def suppress(noisy: npt.NDArray[np.int64], threshold: int) -> npt.NDArray[np.bool_]:
     """Mask of keys to publish: noisy count ≥ threshold (never the exact count)."""
     return noisy >= threshold

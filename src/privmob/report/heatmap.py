@@ -38,7 +38,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import h3
 import matplotlib as mpl
@@ -60,7 +59,7 @@ from matplotlib.ticker import MaxNLocator
 import privmob.report.fonts as _fonts
 from privmob.config import DEFAULT_MARKING, parse_duration
 from privmob.errors import InputError
-from privmob.release import ReleasedTable
+from privmob.release import ReleasedTable, release_zone
 
 __all__ = ["Heatmap", "Panel", "heatmap", "small_multiples"]
 
@@ -287,11 +286,7 @@ class _Job:
         missing = [c for c in _REQUIRED_COLUMNS if c not in table.columns]
         if missing:
             raise InputError(f"the release table lacks column(s) {', '.join(missing)}")
-        tz_name = str(m.get("timezone") or "UTC")
-        try:
-            tz: dt.tzinfo = ZoneInfo(tz_name)
-        except (ZoneInfoNotFoundError, ValueError):
-            tz, tz_name = dt.UTC, "UTC"
+        tz, tz_name = release_zone(m)
         starts = table.get_column("window_start")
         if starts.dtype != pl.Datetime("us", "UTC"):
             starts = starts.cast(pl.Datetime("us")).dt.replace_time_zone("UTC")

@@ -46,7 +46,6 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import h3
 import numpy as np
@@ -55,7 +54,7 @@ import polars as pl
 from privmob._version import __version__
 from privmob.config import DEFAULT_MARKING, parse_duration
 from privmob.errors import InputError
-from privmob.release import ReleasedTable
+from privmob.release import ReleasedTable, release_zone
 
 __all__ = ["CSP", "html_report", "write_html_report"]
 
@@ -196,11 +195,7 @@ class _Windows:
 
 
 def _windows(manifest: Mapping[str, Any], table: pl.DataFrame) -> _Windows:
-    tz_name = str(manifest.get("timezone") or "UTC")
-    try:
-        tz: dt.tzinfo = ZoneInfo(tz_name)
-    except (ZoneInfoNotFoundError, ValueError):
-        tz, tz_name = dt.UTC, "UTC"
+    tz, tz_name = release_zone(manifest)
     starts = table.get_column("window_start")
     seconds = 0
     if isinstance(manifest.get("window"), str):
