@@ -46,8 +46,9 @@ DESCRIPTION = (
     "distribution as noising every key, without a draw per empty key"
 )
 
-#: Above this chance of clearing τ a skip (~60 µs of exact arithmetic) buys less than it
-#: costs: per-key OpenDP noise runs at ~3–5 µs a key. Any value gives the same distribution.
+#: The sparse route costs ~65–130 µs per key that clears τ (skip + value, exact arithmetic);
+#: per-key OpenDP noise ~5.6 µs (Laplace) to ~10 µs (Gaussian) a key. Break-even is near
+#: q = 0.08–0.14; 1/32 keeps a margin of 2.5–5×. Any value gives the same distribution.
 SPARSE_MAX_Q = 1 / 32
 
 _START_PREC = 96  # bits of Arb precision for a first attempt; doubled on every refinement
