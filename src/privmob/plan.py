@@ -329,7 +329,8 @@ class Plan:
             assert self.boundary is not None
             lines.append(
                 f"  keys: public — {s['key_cells']:,} cells covering {self.boundary.path.name} × "
-                f"{cfg.n_windows} windows = {s['n_keys']:,} keys, all noised (empty ones too)"
+                f"{cfg.n_windows} windows = {s['n_keys']:,} keys, all noised (empty ones too;"
+                " those far below the threshold by exact sparse sampling, ADR 0005)"
             )
         else:
             lines.append(
