@@ -25,7 +25,7 @@ import numpy.typing as npt
 
 from privmob.errors import BoundaryError
 
-__all__ = ["Boundary", "load_boundary"]
+__all__ = ["Boundary", "load_boundary", "release_boundary"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -118,6 +118,32 @@ def _write_cached(path: Path, cells: npt.NDArray[np.uint64]) -> None:
     except OSError:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+
+
+def release_boundary(path: Path, key_label: str) -> tuple[Boundary, str | None]:
+    """The boundary a release's public keys (manifest ``keys``) were drawn from, for drawing it.
+
+    Returns the boundary — with the release's feature selection when ``path`` is the file the
+    keys came from — and, when it is not that file, a sentence saying so (reports draw the
+    file's cells then, which may differ from the release's keys).
+    """
+    try:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError as exc:
+        raise BoundaryError(f"cannot read the boundary file {path}: {exc.strerror or exc}") from exc
+    label, _, query = key_label.partition("?")
+    where: dict[str, str] = {}
+    note = None
+    if label.startswith("public:"):
+        if label != f"public:{digest}":
+            note = (
+                f"The boundary file {path.name} is not the one this release's keys were drawn from "
+                f"(keys {label[:19]}…, file sha256:{digest[:12]}…): the withheld cells shown are this "
+                "file's cells, which may differ from the release's key cells."
+            )
+        else:
+            where = dict(part.split("=", 1) for part in query.split("&") if "=" in part)
+    return load_boundary(path, where or None), note
 
 
 def load_boundary(path: Path, where: Mapping[str, str] | None = None,

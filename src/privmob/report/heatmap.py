@@ -29,7 +29,6 @@ Examples
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import io
 import json
 import math
@@ -435,28 +434,13 @@ def _boundary_layers(path: Path, keys: str, resolution: int) -> tuple[Any, Any, 
     """(boundary outline, union of its cells at ``resolution``, number of cells)."""
     from shapely.geometry import shape
 
-    from privmob.keys import load_boundary
+    from privmob.keys import release_boundary
 
-    try:
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError as exc:
-        raise InputError(f"cannot read the boundary file {path}: {exc.strerror or exc}") from exc
-    label, _, query = keys.partition("?")
-    where: dict[str, str] = {}
-    if label.startswith("public:"):
-        if label != f"public:{digest}":
-            warnings.warn(
-                f"boundary file {path.name} is not the one this release's keys were drawn from "
-                f"(manifest keys {label[:19]}…, file sha256:{digest[:12]}…); the withheld layer "
-                "shows this file's cells, which may not be the release's key cells",
-                UserWarning,
-                stacklevel=4,
-            )
-        else:
-            where = dict(part.split("=", 1) for part in query.split("&") if "=" in part)
-    cache_key = (digest, json.dumps(sorted(where.items())), resolution)
+    boundary, note = release_boundary(path, keys)
+    if note is not None:
+        warnings.warn(note, UserWarning, stacklevel=4)
+    cache_key = (boundary.sha256, json.dumps(boundary.where), resolution)
     if cache_key not in _AREA_CACHE:
-        boundary = load_boundary(path, where or None)
         cells = [h3.int_to_str(int(c)) for c in boundary.cells(resolution)]
         area = shape(h3.cells_to_h3shape(cells).__geo_interface__)
         if len(_AREA_CACHE) >= 8:

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import hashlib
 import html
 import itertools
 import json
@@ -250,26 +249,12 @@ class _Area:
 
 
 def _area(path: Path, keys: str, resolution: int | None) -> _Area:
-    from privmob.keys import load_boundary
+    from privmob.keys import release_boundary
 
-    try:
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError as exc:
-        raise InputError(f"cannot read the boundary file {path}: {exc.strerror or exc}") from exc
-    label, _, query = keys.partition("?")
-    where: dict[str, str] = {}
-    note = None
-    public = label.startswith("public:")
-    if public and label != f"public:{digest}":
-        note = (
-            f"The boundary file {path.name} is not the one this release's keys were drawn from "
-            f"(keys {label[:19]}…, file sha256:{digest[:12]}…): the withheld cells shown are this "
-            "file's cells, which may differ from the release's key cells."
-        )
+    boundary, note = release_boundary(path, keys)
+    if note is not None:
         warnings.warn(note, UserWarning, stacklevel=4)
-    elif public:
-        where = dict(part.split("=", 1) for part in query.split("&") if "=" in part)
-    boundary = load_boundary(path, where or None)
+    public = keys.startswith("public:")
     geom = boundary.geometry
     minx, miny, maxx, maxy = geom.bounds
     outline = geom.simplify(max(maxx - minx, maxy - miny) / 3000, preserve_topology=True)
