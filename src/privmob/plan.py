@@ -45,7 +45,7 @@ from privmob.keys import Boundary, load_boundary
 from privmob.ledger import Budget, Ledger, budget_from
 from privmob.mechanism import NoiseModel, Sensitivity
 from privmob.pseudonymise import Pseudonymiser, load_key
-from privmob.release import ReleasedTable, build_table, suppress
+from privmob.release import ReleasedTable, build_table
 from privmob.scope import OK, OUT_OF_PERIOD, OUT_OF_SCOPE
 from privmob.signing import SIGNATURE_FILE, fingerprint, load_private_key
 from privmob.store import WorkingStore
@@ -536,9 +536,8 @@ class Plan:
         tick = time.perf_counter()
         cells, windows, noisy, n_keys, threshold_used, delta_used = self._noise(exact.counts)
         timings["mechanism"] = time.perf_counter() - tick
-        keep = suppress(noisy, self.release_threshold)
         table = build_table(
-            cells[keep], windows[keep], noisy[keep],
+            cells, windows, noisy,
             period_start=cfg.period_start,
             window_seconds=cfg.grid.window_seconds,
             ci_halfwidth=self.noise.ci_halfwidth(0.95),
@@ -556,8 +555,7 @@ class Plan:
                 parent = exact.counts.with_columns(plh3.cell_to_parent("cell", res).alias("cell")) \
                     .group_by("cell", "window").agg(pl.col("count").sum()).sort("window", "cell")
                 lc, lw, ln, lkeys, lthr, ldelta = self._noise(parent, level=res)
-                lkeep = suppress(ln, lthr)
-                levels[res] = build_table(lc[lkeep], lw[lkeep], ln[lkeep], period_start=cfg.period_start,
+                levels[res] = build_table(lc, lw, ln, period_start=cfg.period_start,
                                           window_seconds=cfg.grid.window_seconds,
                                           ci_halfwidth=self.level_noise.ci_halfwidth(0.95))
                 level_cost = self.level_costs[res]
@@ -589,6 +587,8 @@ class Plan:
         self, counts: pl.DataFrame, *, level: int | None = None,
     ) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.int32], npt.NDArray[np.int64],
                int | None, int, float]:
+        """The released keys only — cells, windows, noisy counts ≥ the threshold — plus the
+        number of public keys (None for data-dependent keys), the threshold and its δ."""
         n_win = self.config.n_windows
         noise = self.noise if level is None else self.level_noise
         threshold = self.release_threshold if level is None else self.level_threshold

@@ -69,6 +69,7 @@ def noise_and_suppress(
     ``max_q`` only chooses which keys take the sparse route (0 turns it off).
     """
     from privmob.mechanism import noise_counts
+    from privmob.release import suppress
 
     counts = np.asarray(counts, dtype=np.int64)
     n = int(counts.shape[0])
@@ -90,7 +91,7 @@ def noise_and_suppress(
             sparse_val.append(c + np.array([sampler.tail_value(t) for _ in picks], dtype=np.int64))
     dense_idx = np.flatnonzero(dense)
     noisy = noise_counts(model, counts[dense_idx], workers=workers)
-    keep = noisy >= threshold
+    keep = suppress(noisy, threshold)
     idx = np.concatenate([dense_idx[keep], *sparse_idx]).astype(np.int64)
     val = np.concatenate([noisy[keep], *sparse_val]).astype(np.int64)
     by_pos = np.argsort(idx, kind="stable")
