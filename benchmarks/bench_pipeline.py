@@ -37,6 +37,7 @@ import polars_h3 as plh3
 import privmob as pm
 from privmob import ingest, keys, scope, sparse, synth
 from privmob.backends import get_backend
+from privmob.plan import key_vector
 from privmob.pseudonymise import Pseudonymiser
 
 HERE = Path(__file__).resolve().parent
@@ -105,17 +106,6 @@ print(json.dumps({{"seconds": seconds, "peak_rss_mb": rss,
     return result
 
 
-def dense_vector(plan: Any, counts: pl.DataFrame) -> Any:
-    """The vector of exact counts over every public key, as Plan._noise builds it."""
-    import numpy as np
-
-    n_win = plan.config.n_windows
-    vec = np.zeros(plan.key_cells.size * n_win, dtype=np.int64)
-    pos = np.searchsorted(plan.key_cells, counts["cell"].to_numpy())
-    vec[pos * n_win + counts["window"].to_numpy()] = counts["count"].to_numpy()
-    return vec
-
-
 def stages(path: Path, resolution: int) -> dict[str, float]:
     os.environ["PRIVMOB_PSEUDONYM_KEY"] = KEY
     cfg = job(resolution)
@@ -143,7 +133,7 @@ def stages(path: Path, resolution: int) -> dict[str, float]:
     seconds["exact aggregate (all stages to counts)"], exact = timed(
         lambda: get_backend("polars").exact_cells(pings, cfg, pseudo, plan.key_cells))
     seconds["noise + suppress (sparse path, ADR 0005)"], _ = timed(lambda: plan._noise(exact.counts))
-    vec = dense_vector(plan, exact.counts)
+    vec = key_vector(exact.counts, plan.key_cells, cfg.n_windows)
     seconds["noise + suppress, every key by OpenDP (before ADR 0005)"], _ = timed(
         lambda: sparse.noise_and_suppress(plan.noise, vec, plan.release_threshold, max_q=0))
     release = plan.release(pings)

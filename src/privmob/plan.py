@@ -88,6 +88,15 @@ def plan(config: JobConfig) -> Plan:
     return p
 
 
+def key_vector(counts: pl.DataFrame, key_cells: npt.NDArray[np.uint64], n_windows: int
+               ) -> npt.NDArray[np.int64]:
+    """Exact counts over every public key, cell-major: key i is (key_cells[i // w], i % w)."""
+    vec = np.zeros(key_cells.size * n_windows, dtype=np.int64)
+    pos = np.searchsorted(key_cells, counts["cell"].to_numpy())
+    vec[pos * n_windows + counts["window"].to_numpy()] = counts["count"].to_numpy()
+    return vec
+
+
 @dataclass(frozen=True, eq=False)
 class Plan:
     """A validated, calibrated release job. Make it with :func:`plan`."""
@@ -594,9 +603,7 @@ class Plan:
         threshold = self.release_threshold if level is None else self.level_threshold
         key_cells = self.key_cells if level is None else self.level_key_cells(level)
         if key_cells is not None:
-            vec = np.zeros(key_cells.size * n_win, dtype=np.int64)
-            pos = np.searchsorted(key_cells, counts["cell"].to_numpy())
-            vec[pos * n_win + counts["window"].to_numpy()] = counts["count"].to_numpy()
+            vec = key_vector(counts, key_cells, n_win)
             # Only keys whose noisy count clears τ are ever materialised (sparse.py: the
             # same distribution as noising all of them, without a draw per empty key).
             idx, noisy = sparse.noise_and_suppress(noise, vec, threshold)
