@@ -85,7 +85,6 @@ def keyed_fixes(frame: pl.DataFrame, pseudonymiser: Pseudonymiser) -> pl.DataFra
     ``pid`` instead of the raw id; each distinct id is hashed once."""
     import polars as pl
 
-    frame = frame.select("person_id", "t", "lat", "lng").unique()
     ids = frame["person_id"].unique()
     mapping = pl.DataFrame({"person_id": ids, "pid": pseudonymiser.pseudonyms(ids)})
     return frame.join(mapping, on="person_id", how="inner").select("pid", "t", "lat", "lng")

@@ -596,7 +596,8 @@ class SparkBackend:
     def fixes(self, source: Any, config: JobConfig, pseudonymiser: Pseudonymiser) -> pl.DataFrame:
         """Usable fixes keyed by pseudonym (``pid``, ``t``, ``lat``, ``lng``), on the driver:
         the input of stay and trip detection, as in the Polars backend."""
-        return keyed_fixes(self._fixes(source, config), pseudonymiser)
+        return keyed_fixes(self._fixes(source, config).select("person_id", "t", "lat", "lng").unique(),
+                           pseudonymiser)
 
     def positions(self, source: Any, config: JobConfig, pseudonymiser: Pseudonymiser) -> pl.DataFrame:
         return stored_positions(self._fixes(source, config), pseudonymiser)
