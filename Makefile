@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | $(PYTHON) -c "import hashlib,sys;print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest()[:12])")
 
-.PHONY: demo test browser-deps bench clean
+.PHONY: demo test system-deps bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,15 +18,19 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/privmob demo --out out/demo
 
-# The offline HTML report is tested in a real headless Chromium (Debian's package; Playwright
-# drives it, never downloads a browser). Installed when missing and possible (root or
-# passwordless sudo); otherwise the browser test skips and says why.
-browser-deps:
-	@test -x /usr/bin/chromium || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo -n); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
-	  chromium fonts-noto-cjk >/dev/null || echo "note: Chromium not installed; browser tests will be skipped"; }
+# System packages the tests use, from Debian: Chromium and the Noto CJK fonts for the browser
+# test of the offline HTML report (Playwright drives Debian's Chromium, never downloads a
+# browser), and a Java 17 runtime for the Spark backend's tests (PySpark local mode and the
+# standalone cluster). Installed when missing and possible (root or passwordless sudo);
+# otherwise those tests skip and say why.
+system-deps:
+	@missing=""; test -x /usr/bin/chromium || missing="chromium fonts-noto-cjk"; \
+	  { [ -n "$$JAVA_HOME" ] || command -v java >/dev/null; } || missing="$$missing openjdk-17-jre-headless"; \
+	  if [ -n "$$missing" ]; then SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo -n); \
+	    { $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+	      $$missing >/dev/null; } || echo "note: could not install$$missing; the tests that need them will be skipped"; fi
 
-test: $(STAMP) browser-deps
+test: $(STAMP) system-deps
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
