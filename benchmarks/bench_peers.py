@@ -138,12 +138,12 @@ t_end = time.perf_counter()
 marks.append(("end", t_end))
 time.sleep(0.06)
 spans = {{a: b_t - a_t for (a, a_t), (_b, b_t) in zip(marks, marks[1:])}}
-m = release.manifest
+m, op = release.manifest, release.operator_record
 print(json.dumps({{
-    "seconds": t_end - t0, "spans_s": spans, "timings_s": m["timings_s"],
+    "seconds": t_end - t0, "spans_s": spans, "timings_s": op["timings_s"],
     "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    "peak_rss_by_stage_mb": peak, "rows_in": m["rows_in"], "rows_used": m["rows_used"],
-    "persons": m["persons"], "keys": m["n_keys"], "released": m["cells_released"],
+    "peak_rss_by_stage_mb": peak, "rows_in": op["rows_in"], "rows_used": op["rows_used"],
+    "persons": op["persons"], "keys": m["n_keys"], "released": m["cells_released"],
     "noise_scale": m["noise_scale"], "mechanism": m["mechanism"],
 }}))
 """

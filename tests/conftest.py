@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import tempfile
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,33 @@ def _private_key_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Non
         del os.environ["PRIVMOB_CACHE_DIR"]
     else:
         os.environ["PRIVMOB_CACHE_DIR"] = old
+
+
+@pytest.fixture(autouse=True)
+def _private_ledger(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Releases without [budget] charge a per-test ledger (never the user's own), and so do
+    the CLIs tests start (they inherit os.environ)."""
+    path = tmp_path_factory.mktemp("privmob-ledger") / "ledger.sqlite"
+    monkeypatch.setenv("PRIVMOB_LEDGER", str(path))
+    return path
+
+
+@contextmanager
+def fresh_ledger(epsilon_per_day: float | None = None) -> Iterator[Path]:
+    """A new default ledger for one block: for tests (property tests) that release many
+    times, each example as a first release of its own population. With ``epsilon_per_day``
+    the ledger is made with one population declared at that cap (which a job without
+    [budget] then charges)."""
+    from privmob.ledger import Ledger, budget_from
+
+    with tempfile.TemporaryDirectory(prefix="privmob-ledger-") as tmp, \
+            pytest.MonkeyPatch.context() as mp:
+        path = Path(tmp) / "ledger.sqlite"
+        mp.setenv("PRIVMOB_LEDGER", str(path))
+        if epsilon_per_day is not None:
+            Ledger(path).declare("test-population", budget_from(epsilon_per_day, 1e-6, None),
+                                 operator="tests", reason="a test that releases at a high ε")
+        yield path
 
 
 @pytest.fixture

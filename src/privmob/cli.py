@@ -3,7 +3,8 @@
 Every command is a thin layer over the Python API (no option the API lacks). A
 :class:`~privmob.errors.PrivmobError` prints one line ``error: ...`` on stderr and exits
 with its code (2 configuration or input, 3 budget); anything else is a bug: exit 4, with
-the traceback only under ``--debug``.
+the traceback only under ``--debug``. ``verify`` exits 1 when a release fails its check and
+5 when it is intact but no trusted key was given to check who signed it.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ import typer
 from rich.console import Console
 
 from privmob import __version__
-from privmob.config import JobConfig
-from privmob.errors import ConfigError, PrivmobError
+from privmob.config import JobConfig, check_output_template, output_root
+from privmob.errors import ConfigError, KeyFileError, PrivmobError
+from privmob.ledger import Budget, Ledger
 from privmob.plan import Plan
 from privmob.plan import plan as make_plan
 
@@ -33,7 +35,10 @@ EXIT_INTERNAL = 4
 
 app = typer.Typer(
     name="privmob",
-    help="Person-level differentially private mobility releases for epidemic control.",
+    help="Person-level differentially private mobility releases for epidemic control.\n\n"
+    "Exit codes: 0 done; 1 verification failed (verify, audit verify); 2 configuration or "
+    "input error; 3 budget refused; 4 internal error (a bug); 5 verify: the files are "
+    "intact but no trusted key was given, so who signed them is unknown.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -46,6 +51,8 @@ audit_app = typer.Typer(help="The audit log.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
 
 EXIT_VERIFY_FAILED = 1
+#: ``verify`` without a pinned key: the files are intact, but anyone could have signed them.
+EXIT_AUTHOR_UNVERIFIED = 5
 
 _err = Console(stderr=True, highlight=False, soft_wrap=True)
 _out = Console(highlight=False, soft_wrap=True)
@@ -71,11 +78,26 @@ def _load(job: Path, period: str | None) -> JobConfig:
 
 
 def _output_dir(cfg: JobConfig) -> Path:
-    text = str(cfg.job.output)
-    if "{period}" in text:
-        assert cfg.job.period is not None
-        text = text.replace("{period}", cfg.job.period.isoformat())
-    return Path(text)
+    """The job's release folder: its output template with ``{period}`` filled in.
+
+    The result must lie inside the template's fixed folder (``out`` for
+    ``out/{period}``), whatever the period or the template: a release never lands
+    elsewhere, and ``--force`` never picks a folder outside it.
+    """
+    template = str(cfg.job.output)
+    check_output_template(template)
+    if "{period}" not in template:
+        return Path(template)
+    assert cfg.job.period is not None
+    out = Path(template.replace("{period}", cfg.job.period.isoformat()))
+    root = output_root(template).resolve()
+    resolved = out.resolve()
+    if resolved == root or not resolved.is_relative_to(root):
+        raise ConfigError(
+            f"[job] output = {template!r} gives {out}, which is not inside {root}; a release "
+            "folder must stay inside the template's own folder"
+        )
+    return out
 
 
 @app.callback()
@@ -205,7 +227,9 @@ def run(
 
 def _dry_run(p: Plan, from_store: bool) -> None:
     """Everything `run` checks before reading data, and the input's schema; spends nothing."""
-    from privmob.ingest import read_pings, require_columns
+    import polars as pl
+
+    from privmob.ingest import REQUIRED_COLUMNS, read_pings, require_columns, validate
     from privmob.pseudonymise import load_key
     from privmob.signing import fingerprint, load_private_key
 
@@ -229,7 +253,14 @@ def _dry_run(p: Plan, from_store: bool) -> None:
         assert cfg.job.input is not None
         schema = read_pings(cfg.job.input).schema()
         require_columns(schema, group_optional=cfg.scope.assume_group is not None)
-        lines.append(f"  input schema: ok ({', '.join(f'{k}: {v}' for k, v in schema.items())})")
+        job_columns = {c: schema[c] for c in REQUIRED_COLUMNS if c in schema}
+        # Types checked as the run will (a Boolean ts fails here, not after the charge).
+        validate(pl.LazyFrame(schema=job_columns), job_columns, cfg.job.timezone,
+                 assume_group=cfg.scope.assume_group)
+        others = len(schema) - len(job_columns)
+        # Other headers are input (a headerless file's first row is data): counted, not named.
+        lines.append(f"  input schema: ok ({', '.join(f'{k}: {v}' for k, v in job_columns.items())}"
+                     + (f"; and {others} other column(s), not read" if others else "") + ")")
     ledger, budget = p.ledger(), p.budget()
     assert ledger is not None
     assert budget is not None
@@ -248,33 +279,79 @@ def _dry_run(p: Plan, from_store: bool) -> None:
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the demo release.")] = Path("out/demo"),
 ) -> None:
-    """Run the whole path on the bundled synthetic Beijing sample."""
+    """Run the whole path on the bundled synthetic Beijing sample.
+
+    OUT must be new, empty, or hold an earlier demo release (which is replaced); any
+    other folder is left alone and the demo refuses.
+    """
     samples = samples_dir()
     cfg = JobConfig.from_toml(samples / "demo.toml")
-    staging = out.with_name(out.name + ".new")
-    shutil.rmtree(staging, ignore_errors=True)
-    with tempfile.TemporaryDirectory(prefix="privmob-demo-") as tmp:
-        from privmob.pseudonymise import new_key
-        from privmob.signing import generate_keypair
+    _check_demo_target(out, cfg.dataset)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # A fresh hidden staging folder beside OUT: nothing that exists is ever reused or wiped.
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.privmob-demo-", dir=out.parent))
+    staging = work / "release"
+    try:
+        with tempfile.TemporaryDirectory(prefix="privmob-demo-") as tmp:
+            from privmob.pseudonymise import new_key
+            from privmob.signing import generate_keypair
 
-        key_file = Path(tmp) / "demo.key"
-        key_file.write_bytes(new_key())
-        key_file.chmod(0o600)
-        signing_key = Path(tmp) / "demo-signing.pem"
-        demo_fingerprint = generate_keypair(signing_key)
-        cfg = cfg.with_overrides(job__key_file=str(key_file), job__signing_key=str(signing_key))
-        p = make_plan(cfg)
-        _out.print(p.explain(), markup=False)
-        release = p.release(samples / "beijing_pings.parquet", write_to=staging)
-    if out.exists():  # the demo's own previous output: replace it whole
-        shutil.rmtree(out)
-    os.replace(staging, out)
+            key_file = Path(tmp) / "demo.key"
+            key_file.write_bytes(new_key())
+            key_file.chmod(0o600)
+            signing_key = Path(tmp) / "demo-signing.pem"
+            demo_fingerprint = generate_keypair(signing_key)
+            cfg = cfg.with_overrides(job__key_file=str(key_file), job__signing_key=str(signing_key))
+            # Synthetic data: charged to a throw-away ledger, never the operator's own.
+            saved = os.environ.get("PRIVMOB_LEDGER")
+            os.environ["PRIVMOB_LEDGER"] = str(Path(tmp) / "demo-ledger.sqlite")
+            try:
+                p = make_plan(cfg)
+                _out.print(p.explain(), markup=False)
+                release = p.release(samples / "beijing_pings.parquet", write_to=staging)
+            finally:
+                if saved is None:
+                    os.environ.pop("PRIVMOB_LEDGER", None)
+                else:
+                    os.environ["PRIVMOB_LEDGER"] = saved
+        _check_demo_target(out, cfg.dataset)  # still ours to replace after the run
+        if out.exists():  # an earlier demo release, checked above: set aside, then removed
+            os.replace(out, work / "previous")
+        os.replace(staging, out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # only the staging folder this run made
     _out.print("\n" + release.explain(), markup=False)
     _out.print(f"\nsigned with a throw-away demo key {demo_fingerprint} "
                f"(check: privmob verify {out} --fingerprint {demo_fingerprint})", markup=False)
     _out.print(f"written to {out}:", markup=False)
     for name in sorted(p.name for p in out.iterdir()):
         _out.print(f"  {out / name}", markup=False)
+
+
+def _check_demo_target(out: Path, dataset: str) -> None:
+    """Refuse an OUT the demo may not replace: anything but nothing, an empty folder, or
+    an intact earlier demo release (its signature and digests hold, nothing else is in
+    it, and its manifest names the demo's dataset)."""
+    import json
+
+    from privmob.signing import MANIFEST_FILE, verify_release
+
+    if not out.exists() and not out.is_symlink():
+        return
+    if out.is_dir() and not out.is_symlink():
+        if not any(out.iterdir()):
+            return
+        if verify_release(out).ok:
+            try:
+                manifest = json.loads((out / MANIFEST_FILE).read_bytes())
+            except ValueError:
+                manifest = None
+            if isinstance(manifest, dict) and manifest.get("dataset") == dataset:
+                return
+    raise ConfigError(
+        f"--out {out} exists and is not an earlier privmob demo release; the demo replaces "
+        "only its own output and never deletes anything else — name a new folder"
+    )
 
 
 @app.command()
@@ -303,6 +380,25 @@ def synth(
     _err.print(f"wrote {out}", markup=False)
 
 
+def _make_key_folder(path: Path) -> None:
+    """Create the missing folders above a new key file, each private to its owner (0700).
+
+    Both ``keys`` commands do this, so a key can be made in a fresh folder; a folder that
+    exists is left as it is, and one that cannot be made is a clear error, not a crash.
+    """
+    missing = [p for p in (path.parent, *path.parent.parents) if not p.exists()][::-1]
+    for folder in missing:
+        try:
+            folder.mkdir(mode=0o700)
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise KeyFileError(f"cannot create the folder {folder} for key file {path}: "
+                               f"{exc.strerror or exc}") from None
+    if not path.parent.is_dir():
+        raise KeyFileError(f"cannot create key file {path}: {path.parent} is not a folder")
+
+
 @keys_app.command("pseudonym")
 def keys_pseudonym(
     path: Annotated[Path, typer.Argument(help="Where to create the key file (mode 0600).")],
@@ -310,10 +406,13 @@ def keys_pseudonym(
     """Create a new random pseudonymisation key file, readable by its owner only."""
     from privmob.pseudonymise import new_key
 
-    if path.exists():
+    if path.exists() or path.is_symlink():
         raise ConfigError(f"{path} exists; a key file is never overwritten")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    _make_key_folder(path)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    except OSError as exc:
+        raise KeyFileError(f"cannot create key file {path}: {exc.strerror or exc}") from None
     with os.fdopen(fd, "wb") as fh:
         fh.write(new_key() + b"\n")
     _err.print(f"created {path} (mode 0600); keep it apart from the data and the releases",
@@ -336,7 +435,13 @@ def report(
     from privmob.report.html import write_html_report
 
     target = out or directory.with_name(directory.name + "-report")
-    target.mkdir(parents=True, exist_ok=True)
+    if target.exists() and not target.is_dir():
+        raise ConfigError(f"--out {target} exists and is not a folder; the report is a folder "
+                          "of pictures and report.html — name a new or existing folder")
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the report folder {target}: {exc.strerror or exc}") from None
     written = [heatmap(directory, boundary=boundary, window=window).save(target / "heatmap.png"),
                heatmap(directory, boundary=boundary, window=window).save(target / "heatmap.pdf"),
                small_multiples(directory, boundary=boundary).save(target / "heatmap-windows.png"),
@@ -352,6 +457,7 @@ def keys_init(
     """Create an Ed25519 signing key pair for releases (PATH and PATH.pub)."""
     from privmob.signing import generate_keypair
 
+    _make_key_folder(path)
     fp = generate_keypair(path)
     _out.print(f"created {path} (private, mode 0600) and {path.with_suffix('.pub')}", markup=False)
     _out.print(f"public key fingerprint: {fp}", markup=False)
@@ -364,25 +470,149 @@ def verify(
     directory: Annotated[Path, typer.Argument(help="A release folder.")],
     public_key: Annotated[Path | None, typer.Option(help="The publisher's public key file.")] = None,
     fingerprint: Annotated[str | None, typer.Option(help="The publisher's key fingerprint.")] = None,
+    trusted_keys: Annotated[Path | None, typer.Option(
+        help="File of trusted key fingerprints, one per line (default: $PRIVMOB_TRUSTED_KEYS).")] = None,
 ) -> None:
-    """Check a release's signature and every file's digest; say exactly what differs."""
-    from privmob.signing import verify_release
+    """Check a release's signature and every file's digest; say exactly what differs.
 
-    result = verify_release(directory, public_key=public_key, fingerprint=fingerprint)
+    Exit 0: unchanged and signed by a pinned key (--public-key, --fingerprint or one in
+    --trusted-keys). Exit 1: something differs, or the signer is not the pinned key.
+    Exit 5: the files match the signature, but no key was pinned, so who signed is
+    unknown (a key shipped in the folder proves nothing: anyone can re-sign).
+    """
+    from privmob.signing import TRUSTED_KEYS_ENV, load_trusted_fingerprints, verify_release
+
+    if trusted_keys is None and os.environ.get(TRUSTED_KEYS_ENV):
+        trusted_keys = Path(os.environ[TRUSTED_KEYS_ENV])
+    trusted = None if trusted_keys is None else load_trusted_fingerprints(trusted_keys)
+    result = verify_release(directory, public_key=public_key, fingerprint=fingerprint,
+                            trusted_fingerprints=trusted)
     _out.print(result.summary(), markup=False)
     if not result.ok:
         raise typer.Exit(EXIT_VERIFY_FAILED)
+    if not result.trusted:
+        _out.print(
+            f"authorship NOT verified (exit {EXIT_AUTHOR_UNVERIFIED}): pin the publisher's key with "
+            f"--fingerprint SHA256:…, --public-key FILE, or --trusted-keys FILE (or "
+            f"{TRUSTED_KEYS_ENV}=FILE) listing trusted fingerprints, one per line", markup=False)
+        raise typer.Exit(EXIT_AUTHOR_UNVERIFIED)
 
 
 def _ledger_path(ledger: Path | None, job: Path | None) -> Path:
+    """The ledger named by --ledger, or the one a job charges (its [budget], or the default
+    ledger of jobs without one)."""
+    return _ledger_paths(ledger, job)[0]
+
+
+def _ledger_paths(ledger: Path | None, job: Path | None) -> tuple[Path, Path]:
+    from privmob.config import BudgetConfig
+
     if ledger is not None:
-        return ledger
+        return ledger, ledger.with_name(ledger.name + ".audit.jsonl")
     if job is not None:
-        cfg = JobConfig.from_toml(job)
-        if cfg.budget is not None:
-            return cfg.budget.ledger
-        raise ConfigError(f"{job} has no [budget] section")
+        b = JobConfig.from_toml(job).budget or BudgetConfig.default()
+        return b.ledger, b.audit_path
     raise ConfigError("name the ledger: --ledger PATH or --job JOB.toml")
+
+
+def _open_ledger(ledger: Path | None, job: Path | None, *, create: bool = False) -> Ledger:
+    from privmob.ledger import Ledger
+
+    path, audit = _ledger_paths(ledger, job)
+    return Ledger(path, audit, create=create)
+
+
+def _caps(ledger: Path, epsilon: float | None, rho: float | None, delta: float) -> Budget:
+    """Caps from the command line, checked like a job's [budget]."""
+    from privmob.config import BudgetConfig
+    from privmob.ledger import budget_from
+
+    b = BudgetConfig(ledger=ledger, epsilon_per_day=epsilon, rho_per_day=rho, delta_per_day=delta)
+    return budget_from(b.epsilon_per_day, b.delta_per_day, b.rho_per_day)
+
+
+def _job_dataset(job: Path | None, dataset: str | None, led: Ledger) -> str:
+    """--dataset, else the dataset the job charges (its [job] dataset, or the ledger's only
+    declared one, or the id it derives)."""
+    if dataset:
+        return dataset
+    if job is None:
+        raise ConfigError("name the dataset: --dataset ID (or --job JOB.toml)")
+    cfg = JobConfig.from_toml(job)
+    if cfg.job.dataset:
+        return cfg.job.dataset
+    declared = led.datasets()
+    return next(iter(declared)) if len(declared) == 1 else cfg.dataset
+
+
+_EPS_OPT = typer.Option("--epsilon-per-day", help="ε a local day may spend (basic composition).")
+_RHO_OPT = typer.Option("--rho-per-day", help="ρ a local day may spend (zCDP), instead of ε.")
+_DELTA_OPT = typer.Option("--delta-per-day", help="δ a local day may spend.")
+_OPERATOR_OPT = typer.Option(help="Who makes this change (audited).")
+_REASON_OPT = typer.Option(help="Why (audited).")
+
+
+@budget_app.command("declare")
+def budget_declare(
+    operator: Annotated[str, _OPERATOR_OPT],
+    reason: Annotated[str, _REASON_OPT],
+    ledger: Annotated[Path | None, typer.Option(help="Ledger file (SQLite).")] = None,
+    job: Annotated[Path | None, typer.Option(help="Take the ledger, dataset and caps from this job.")] = None,
+    dataset: Annotated[str | None, typer.Option(help="The population id to declare.")] = None,
+    epsilon_per_day: Annotated[float | None, _EPS_OPT] = None,
+    rho_per_day: Annotated[float | None, _RHO_OPT] = None,
+    delta_per_day: Annotated[float | None, _DELTA_OPT] = None,
+) -> None:
+    """Declare a dataset (a population) in a ledger, with the per-day caps bound to it.
+
+    A new ledger declares the first job's dataset itself; every further dataset is
+    declared here, once (audited). Caps default to the job's [budget].
+    """
+    led = _open_ledger(ledger, job, create=True)
+    name = _job_dataset(job, dataset, led) if dataset or job else ""
+    if epsilon_per_day is None and rho_per_day is None:
+        b = JobConfig.from_toml(job).budget if job is not None else None
+        if b is None:
+            raise ConfigError("give the caps: --epsilon-per-day E (or --rho-per-day R)")
+        epsilon_per_day, rho_per_day = b.epsilon_per_day, b.rho_per_day
+        delta_per_day = b.delta_per_day if delta_per_day is None else delta_per_day
+    caps = _caps(led.path, epsilon_per_day, rho_per_day, 1e-6 if delta_per_day is None else delta_per_day)
+    if not name:
+        raise ConfigError("name the dataset: --dataset ID (or --job JOB.toml)")
+    led.declare(name, caps, operator=operator, reason=reason)
+    _out.print(f"declared {name!r} in {led.path}: {caps.describe()} (audited)", markup=False)
+
+
+@budget_app.command("set")
+def budget_set(
+    operator: Annotated[str, _OPERATOR_OPT],
+    reason: Annotated[str, _REASON_OPT],
+    ledger: Annotated[Path | None, typer.Option(help="Ledger file (SQLite).")] = None,
+    job: Annotated[Path | None, typer.Option(help="Take the ledger and dataset from this job.")] = None,
+    dataset: Annotated[str | None, typer.Option(help="The declared dataset whose caps change.")] = None,
+    epsilon_per_day: Annotated[float | None, _EPS_OPT] = None,
+    rho_per_day: Annotated[float | None, _RHO_OPT] = None,
+    delta_per_day: Annotated[float | None, _DELTA_OPT] = None,
+) -> None:
+    """Change a declared dataset's per-day caps — the only way to raise (or lower) them.
+
+    The audit log records the old and new caps, who and why. Jobs naming caps in [budget]
+    must then say the new ones too.
+    """
+    led = _open_ledger(ledger, job)
+    name = _job_dataset(job, dataset, led)
+    old = led.datasets().get(name)
+    if old is None:
+        raise ConfigError(f"dataset {name!r} is not declared in {led.path}; use `privmob budget declare`")
+    if epsilon_per_day is None and rho_per_day is None:
+        raise ConfigError("give the new cap: --epsilon-per-day E (or --rho-per-day R)")
+    delta = float(old.budget.delta) if delta_per_day is None else delta_per_day
+    caps = _caps(led.path, epsilon_per_day, rho_per_day, delta)
+    led.set_caps(name, caps, operator=operator, reason=reason)
+    _out.print(f"{name!r} in {led.path}: {old.budget.describe()} → {caps.describe()} (audited)",
+               markup=False)
+    if job is not None and JobConfig.from_toml(job).budget is not None:
+        _out.print(f"set the same caps in {job} [budget]; until then the job is refused", markup=False)
 
 
 @budget_app.command("show")
@@ -396,12 +626,9 @@ def budget_show(
 
     from rich.table import Table
 
-    from privmob.ledger import Ledger
-
-    path = _ledger_path(ledger, job)
-    if not path.exists():
-        raise ConfigError(f"budget ledger {path} does not exist")
-    rows = Ledger(path).rows()
+    led = _open_ledger(ledger, job)
+    path = led.path
+    rows = led.rows()
     if json_out:
         _out.print(json.dumps([r.as_dict() for r in rows], indent=2), markup=False)
         return
@@ -419,6 +646,10 @@ def budget_show(
         _out.print("ρ budgets: spent ρ as (ε, δ) by OpenDP's conversion — "
                    + ", ".join(f"{r.day}: ε ≈ {r.epsilon_equivalent():.3g}" for r in rows
                                if r.mode == "rho"), markup=False)
+    declared = led.datasets()
+    for d in declared.values():
+        _out.print(f"{d.dataset}: {d.budget.describe()} (declared by {d.declared_by} "
+                   f"{d.declared_at}; last set by {d.updated_by} {d.updated_at})", markup=False)
 
 
 @budget_app.command("recover")
@@ -426,21 +657,8 @@ def budget_recover(
     ledger: Annotated[Path | None, typer.Option(help="Ledger file (SQLite).")] = None,
     job: Annotated[Path | None, typer.Option(help="Take the ledger from this job file.")] = None,
 ) -> None:
-    """Settle reservations of crashed runs as spent (never refunded)."""
-    from privmob.audit import AuditLog
-    from privmob.ledger import Ledger
-
-    path = _ledger_path(ledger, job)
-    led = Ledger(path)
-    settled = led.recover()
-    audit_path = path.with_name(path.name + ".audit.jsonl")
-    if job is not None:
-        cfg = JobConfig.from_toml(job)
-        if cfg.budget is not None:
-            audit_path = cfg.budget.audit_path
-    if settled:
-        AuditLog(audit_path, anchor=led).append("recovered", release_ids=settled,
-                                                reason="reservations of ended processes settled as spent")
+    """Settle reservations of crashed runs as spent (never refunded; audited)."""
+    settled = _open_ledger(ledger, job).recover()
     _out.print(f"settled {len(settled)} reservation(s) as spent", markup=False)
 
 
@@ -449,30 +667,44 @@ def audit_verify(
     log: Annotated[Path | None, typer.Option(help="Audit log (JSON lines).")] = None,
     job: Annotated[Path | None, typer.Option(help="Take the log and ledger from this job file.")] = None,
     ledger: Annotated[Path | None, typer.Option(help="Ledger holding the log's anchor.")] = None,
+    release: Annotated[Path | None, typer.Option(
+        help="Also check this release folder's ledger anchor against the log.")] = None,
 ) -> None:
-    """Check the audit log's hash chain; report every edited, removed or missing entry."""
-    from privmob.audit import AuditLog
-    from privmob.ledger import Ledger
+    """Check the audit log's hash chain and, with its ledger, that the two agree.
 
-    if job is not None:
-        cfg = JobConfig.from_toml(job)
-        if cfg.budget is None:
-            raise ConfigError(f"{job} has no [budget] section")
-        log, ledger = cfg.budget.audit_path, cfg.budget.ledger
-    if log is None:
-        raise ConfigError("name the log: --log PATH or --job JOB.toml")
-    if not log.exists():
-        raise ConfigError(f"audit log {log} does not exist")
-    anchor = Ledger(ledger) if ledger is not None and ledger.exists() else None
-    audit = AuditLog(log, anchor=anchor)
-    problems = audit.verify()
+    Reports every edited, removed or missing entry, every ledger charge the log does not
+    explain (a refund by editing the ledger), and every release whose signed anchor is not
+    in the log (a recomputed chain).
+    """
+    from privmob.audit import AuditLog
+
+    if job is not None or ledger is not None:
+        led = _open_ledger(ledger, job)
+        if log is not None and log != led.audit.path:
+            led = Ledger(led.path, log, create=False)
+        problems = led.verify_integrity()
+        if release is not None:
+            problems += [f"release {release}: {p}" for p in led.verify_release(release)]
+        audit = led.audit
+        checked = "ledger cross-checked"
+    else:
+        if log is None:
+            raise ConfigError("name the log: --log PATH, --ledger PATH or --job JOB.toml")
+        if release is not None:
+            raise ConfigError("--release needs the ledger: add --ledger PATH or --job JOB.toml")
+        if not log.exists():
+            raise ConfigError(f"audit log {log} does not exist")
+        audit = AuditLog(log)
+        problems = [str(p) for p in audit.verify()]
+        checked = "no ledger anchor checked"
     if problems:
         for p in problems:
-            _out.print(str(p), markup=False)
-        _out.print(f"audit log {log}: {len(problems)} problem(s)", markup=False)
+            _out.print(p, markup=False)
+        _out.print(f"audit log {audit.path}: {len(problems)} problem(s)", markup=False)
         raise typer.Exit(EXIT_VERIFY_FAILED)
-    _out.print(f"audit log {log}: {len(audit.entries())} entries, chain intact"
-               + ("" if anchor else " (no ledger anchor checked)"), markup=False)
+    _out.print(f"audit log {audit.path}: {len(audit.entries())} entries, chain intact ({checked}"
+               + (f"; release {release} anchored" if release is not None else "") + ")",
+               markup=False)
 
 
 @app.command()

@@ -11,13 +11,14 @@ import dataclasses
 import datetime as dt
 import difflib
 import math
+import os
 import re
 import tomllib
 import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from privmob.errors import ConfigError
 
@@ -114,6 +115,9 @@ class JobSection:
     signing_key: Path | None = None
     reports: bool = True
     crs: CoordinateSystem = "wgs84"
+    #: Release even when no row is usable (all out of period, scope or boundary): pure
+    #: noise that spends budget. Off by default, so a stale or mis-exported day is refused.
+    allow_empty: bool = False
 
     def __post_init__(self) -> None:
         _check_crs("[job] crs", self.crs)
@@ -148,10 +152,42 @@ class JobSection:
             raise ConfigError(f"[job] backend = {self.backend!r}; use 'polars' or 'spark'")
         if not self.marking.strip():
             raise ConfigError("[job] marking must not be empty: internal information is marked")
+        check_output_template(self.output)
 
     @property
     def tz(self) -> zoneinfo.ZoneInfo:
         return zoneinfo.ZoneInfo(self.timezone)
+
+
+def output_root(template: Path | str) -> Path:
+    """The fixed folder above ``{period}`` in an output template (the template itself if none).
+
+    Every release the job writes must stay inside it (``out/{period}`` → ``out``).
+    """
+    fixed: list[str] = []
+    for part in Path(template).parts:
+        if "{period}" in part:
+            break
+        fixed.append(part)
+    return Path(*fixed) if fixed else Path(".")
+
+
+def check_output_template(template: Path | str) -> None:
+    """Refuse an output template that could leave its folder: ``..`` at or after ``{period}``.
+
+    ``out/{period}/../../etc`` would write a release (or let ``--force`` pick a sibling)
+    outside the job's output root. ``..`` before ``{period}`` only says where that root is
+    (``../out/{period}``) and is fine. The substituted path is checked again when a run
+    writes (``privmob.cli._output_dir``).
+    """
+    text = str(template)
+    parts = re.split(r"[\\/]", text)
+    variable = next((i for i, part in enumerate(parts) if "{period}" in part), len(parts))
+    if ".." in parts[variable:]:
+        raise ConfigError(
+            f"[job] output = {text!r} goes up a level ('..') after {{period}}, out of its own "
+            "folder; name the release folder below it (e.g. output = \"out/{period}\")"
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -290,6 +326,28 @@ class BudgetConfig:
     @property
     def audit_path(self) -> Path:
         return self.audit_log or self.ledger.with_name(self.ledger.name + ".audit.jsonl")
+
+    #: Caps a job without ``[budget]`` declares when it creates the default ledger.
+    DEFAULT_EPSILON_PER_DAY: ClassVar[float] = 2.0
+    DEFAULT_DELTA_PER_DAY: ClassVar[float] = 1e-6
+
+    @staticmethod
+    def default_ledger() -> Path:
+        """The ledger that charges a job without ``[budget]`` (a Python release):
+        ``$PRIVMOB_LEDGER``, else ``$XDG_STATE_HOME/privmob/ledger.sqlite`` (by default
+        ``~/.local/state/privmob/ledger.sqlite``)."""
+        explicit = os.environ.get("PRIVMOB_LEDGER")
+        if explicit:
+            return Path(explicit).expanduser()
+        state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+        return Path(state) / "privmob" / "ledger.sqlite"
+
+    @classmethod
+    def default(cls) -> BudgetConfig:
+        """The budget of a job without ``[budget]``: the default ledger and default caps
+        (which only seed a new ledger; an existing one's declared caps apply)."""
+        return cls(ledger=cls.default_ledger(), epsilon_per_day=cls.DEFAULT_EPSILON_PER_DAY,
+                   delta_per_day=cls.DEFAULT_DELTA_PER_DAY)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -652,6 +710,7 @@ _FIELD_TYPES: dict[tuple[str, str], type] = {
     ("privacy", "max_spurious_rate"): float,
     ("job", "linkage_days"): int,
     ("job", "reports"): bool,
+    ("job", "allow_empty"): bool,
     ("job", "crs"): str,
     ("grid", "boundary_crs"): str,
     ("grid", "parent_epsilon"): float,

@@ -15,6 +15,7 @@ __all__ = [
     "ConfigError",
     "InputError",
     "KeyFileError",
+    "LedgerIntegrityError",
     "PrivmobError",
     "ReleaseExistsError",
     "ReleaseWriteError",
@@ -68,3 +69,10 @@ class ReleaseWriteError(PrivmobError, OSError):
 
 class BackendUnavailableError(PrivmobError, ImportError):
     """The configured backend's optional dependency is not installed."""
+
+
+class LedgerIntegrityError(PrivmobError):
+    """The budget ledger or its audit log was altered, removed or replaced.
+
+    Raised before anything is read or charged: a budget that can be edited does not bind.
+    """

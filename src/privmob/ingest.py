@@ -13,6 +13,7 @@ import hashlib
 import io
 import re
 import zoneinfo
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -28,6 +29,7 @@ __all__ = [
     "BAD_REASONS",
     "REQUIRED_COLUMNS",
     "Pings",
+    "found_columns",
     "read_pings",
     "require_columns",
     "validate",
@@ -153,23 +155,29 @@ def _is_pandas(obj: Any) -> bool:
 
 
 def require_columns(schema: dict[str, pl.DataType], *, group_optional: bool) -> None:
-    """Fail with every missing column named (and a hint if a near name is present)."""
-    duplicated = sorted({m.group(1) for c in schema if (m := _DUPLICATE.match(c))})
+    """Fail with every missing column named (and a hint if a near name is present).
+
+    Only the five job column names are ever quoted: any other header is input (a
+    headerless file's first row is a data row — a phone number, an ID, a name), so it is
+    referred to by its 1-based position instead.
+    """
+    duplicated = _duplicated_positions(list(schema))
     if duplicated:
         raise SchemaError(
-            f"column(s) {', '.join(repr(c) for c in duplicated)} appear more than once in the "
-            "input; keep one of each"
+            "the input's header repeats a column name: "
+            + "; ".join(_describe_repeat(name, positions) for name, positions in duplicated)
+            + "; keep one of each (which one holds the data would be a guess)"
         )
     needed = [c for c in REQUIRED_COLUMNS if not (c == "group" and group_optional)]
     missing = [c for c in needed if c not in schema]
     if not missing:
         return
     hints = []
-    lower = {c.lower(): c for c in schema}
+    lower = {c.strip().lower(): position for position, c in enumerate(schema, start=1)}
     for col in missing:
         for alias in _HINTS[col]:
             if alias in lower:
-                hints.append(f"{lower[alias]!r} → {col!r}")
+                hints.append(f"column {lower[alias]} → {col!r}")
     parts = [f"input is missing required column(s) {', '.join(repr(m) for m in missing)}"]
     if "group" in missing:
         parts.append(
@@ -178,18 +186,48 @@ def require_columns(schema: dict[str, pl.DataType], *, group_optional: bool) -> 
         )
     if hints:
         parts.append("rename " + ", ".join(hints))
-    known = [c for c in schema if _is_known_column(c)]
-    others = len(schema) - len(known)
-    found = ", ".join(repr(c) for c in known) or "none of the expected names"
-    parts.append(f"found {len(schema)} column(s): {found}"
-                 + (f" and {others} other(s) not shown (a header can be data)" if others else ""))
-    if schema and not known:
+    parts.append(found_columns(schema))
+    if schema and not any(_is_known_column(c) for c in schema):
         parts.append("does the file have a header row?")
     raise SchemaError("; ".join(parts))
 
 
+def found_columns(schema: Mapping[str, object]) -> str:
+    """``found 7 column(s): 'person_id', 'ts' and 5 other(s) (names not shown: a header can be data)``.
+
+    Only job column names are echoed; the others are counted, never named.
+    """
+    known = [c for c in schema if c in REQUIRED_COLUMNS]
+    others = len(schema) - len(known)
+    found = ", ".join(repr(c) for c in known) or "none of the job's columns"
+    return (f"found {len(schema)} column(s): {found}"
+            + (f" and {others} other(s) (names not shown: a header can be data)" if others else ""))
+
+
+def _duplicated_positions(names: list[str]) -> list[tuple[str | None, list[int]]]:
+    """Each repeated header as (job column name or None, 1-based positions), in order.
+
+    Polars keeps the first of a repeated name and renames the next ``<name>_duplicated_<n>``.
+    """
+    groups: dict[str, list[int]] = {}
+    for position, name in enumerate(names, start=1):
+        m = _DUPLICATE.match(name)
+        if m and m.group(1) in names:
+            groups.setdefault(m.group(1), [names.index(m.group(1)) + 1]).append(position)
+    return [(base if base in REQUIRED_COLUMNS else None, positions)
+            for base, positions in groups.items()]
+
+
+def _describe_repeat(name: str | None, positions: list[int]) -> str:
+    where = ", ".join(str(p) for p in positions)
+    return f"{name!r} at columns {where}" if name else f"one name at columns {where}"
+
+
 def _is_known_column(name: str) -> bool:
-    """Only names we expect are echoed: a headerless file's first row would be personal data."""
+    """Whether a header looks like one (a job name, a usual alias or an identifier's name).
+
+    When none does, the first row is probably data: the message asks about a header row.
+    """
     from privmob.pii import IDENTIFIER_NAMES
 
     key = name.strip().lower()
@@ -310,6 +348,7 @@ def _epoch_seconds(dtype: pl.DataType, timezone: str) -> pl.Expr:
 
 _READ_ERRORS = (
     ("quote", "a quoted field is not closed"),
+    ("could not parse", "a row could not be parsed (often a quote that is never closed)"),
     ("utf-8", "it is not valid UTF-8 text"),
     ("utf8", "it is not valid UTF-8 text"),
     ("parquet", "it is not a valid Parquet file (truncated or corrupt)"),
@@ -327,13 +366,18 @@ _READ_ERRORS = (
 )
 
 
+_QUOTED = re.compile(r"`[^`]*`?|'[^']*'|\"[^\"]*\"", re.DOTALL)
+
+
 def first_line(exc: BaseException) -> str:
     """Why reading failed, in words that never quote the input.
 
     Parser messages echo the offending row (ids, places, times); error messages and the
-    audit log must not, so only a category is kept. ``--debug`` shows the original.
+    audit log must not, so only a category is kept — no position either, since a number
+    in the message may be a cell's (a phone number). ``--debug`` shows the original.
     """
-    text = str(exc).lower()
+    # Quoted parts are the input itself (Polars quotes the row in backticks): not matched on.
+    text = _QUOTED.sub(" ", str(exc)).lower()
     for needle, why in _READ_ERRORS:
         if needle in text:
             return why

@@ -25,7 +25,7 @@ import numpy.typing as npt
 
 from privmob.errors import BoundaryError
 
-__all__ = ["Boundary", "load_boundary", "release_boundary"]
+__all__ = ["MAX_KEY_CELLS", "Boundary", "estimated_cells", "load_boundary", "release_boundary"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -48,8 +48,53 @@ class Boundary:
         return _cells(self, resolution)
 
 
+#: Most public-key cells (as :func:`estimated_cells` counts them) a boundary may have at
+#: the job's resolution. h3 covers ~40,000 cells a second (Beijing at res 10: 1.5 million
+#: cells, 36 s) and every key cell is noised in every window, so the time and memory of a
+#: release grow with it. A city at res 10 fits (Beijing: ~1.1 million estimated); res 11
+#: and finer (Beijing: 7.6 million to 18 billion) would run for minutes to days or run out
+#: of memory, so they are refused before any work. The estimate leaves out the partly
+#: covered edge cells, so the real cover can be ~40% larger than this.
+MAX_KEY_CELLS: int = 2_000_000
+
+_EARTH_RADIUS_KM = 6371.0088  # mean radius, as h3 uses for its areas
+
+
+def estimated_cells(boundary: Boundary, resolution: int) -> int:
+    """About how many H3 cells cover the boundary at ``resolution``, without computing them.
+
+    The area (on an equal-area sinusoidal projection of the sphere) over h3's average
+    cell area at that resolution; it omits the partly covered cells along the edge, so
+    it is an under-estimate — good enough to refuse a cover that is too large by far.
+    """
+    import shapely
+
+    radius = np.radians(1.0) * _EARTH_RADIUS_KM
+
+    def sinusoidal(xy: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        lat = xy[:, 1]
+        return np.column_stack((xy[:, 0] * np.cos(np.radians(lat)) * radius, lat * radius))
+
+    area_km2 = float(shapely.transform(boundary.geometry, sinusoidal).area)
+    return int(area_km2 / h3.average_hexagon_area(resolution, unit="km^2"))
+
+
+def _check_cell_count(boundary: Boundary, resolution: int) -> None:
+    estimate = estimated_cells(boundary, resolution)
+    if estimate > MAX_KEY_CELLS:
+        coarser = next((r for r in range(resolution - 1, -1, -1)
+                        if estimated_cells(boundary, r) <= MAX_KEY_CELLS), 0)
+        raise BoundaryError(
+            f"boundary {boundary.path} at resolution {resolution} is about {estimate:,} H3 cells, "
+            f"more than the {MAX_KEY_CELLS:,} privmob noises per window (that would take "
+            f"minutes to days and gigabytes of memory); use [grid] resolution = {coarser} or "
+            "coarser, or a smaller boundary"
+        )
+
+
 @functools.lru_cache(maxsize=16)
 def _cells(boundary: Boundary, resolution: int) -> npt.NDArray[np.uint64]:
+    _check_cell_count(boundary, resolution)
     cached = _cache_path(boundary, resolution)
     if cached is not None:
         hit = _read_cached(cached, resolution)
@@ -154,7 +199,7 @@ def load_boundary(path: Path, where: Mapping[str, str] | None = None,
     that can be converted to it; ``crs = "gcj02"`` or ``"bd09"`` says its degrees are in
     China's offset datums (files rarely declare that), and they are converted to WGS-84.
     """
-    from shapely import make_valid, union_all
+    from shapely import make_valid
 
     where = dict(where or {})
     from privmob.config import read_small_file
@@ -167,7 +212,7 @@ def load_boundary(path: Path, where: Mapping[str, str] | None = None,
     geoms = None if where else _plain_geojson_polygons(data)
     if geoms is None:
         geoms = _read_polygons(path, where)
-    geometry = make_valid(union_all(geoms))
+    geometry = _polygonal(geoms, path)
     if crs != "wgs84":
         from privmob.crs import geometry_to_wgs84
 
@@ -185,6 +230,27 @@ def load_boundary(path: Path, where: Mapping[str, str] | None = None,
         sha256=hashlib.sha256(data).hexdigest(),
         where=tuple(sorted(where.items())) + ((("crs", crs),) if crs != "wgs84" else ()),
     )
+
+
+def _polygonal(geoms: list[Any], path: Path) -> Any:
+    """The union of the polygons' areas, each repaired first (a bow-tie ring is two triangles).
+
+    Self-intersecting rings are made valid one by one before they are merged (merging
+    invalid polygons fails); what is left of a ring that encloses nothing (lines, points)
+    is dropped, so only area counts.
+    """
+    import shapely
+    from shapely import make_valid, union_all
+
+    try:
+        merged = make_valid(union_all([make_valid(g) for g in geoms]))
+    except shapely.errors.GEOSException as exc:
+        raise BoundaryError(
+            f"boundary file {path} has polygons that cannot be repaired (rings that cross "
+            "themselves or each other); redraw them as simple polygons"
+        ) from exc
+    parts = [g for g in shapely.get_parts(merged) if g.geom_type in ("Polygon", "MultiPolygon")]
+    return union_all(parts) if parts else shapely.Polygon()
 
 
 def _plain_geojson_polygons(data: bytes) -> list[Any] | None:

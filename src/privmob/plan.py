@@ -5,17 +5,35 @@ release threshold and the key set, and can ``explain()`` all of it — expected 
 spurious-cell rate, the smallest count that is reliably published — while spending
 nothing. ``Plan.release(pings)`` then runs the pipeline once and returns the only public
 result type, :class:`~privmob.release.ReleasedTable`.
+
+What a release publishes and what only the operator sees
+--------------------------------------------------------
+Every key of the signed ``manifest.json`` (built by ``Plan._manifest``) is either a
+public parameter fixed before any data is read (job label, period, purpose, operator,
+marking, unit of privacy, scope groups, pseudonymisation *method* and linkage period,
+budget limits, grid, bounds, sensitivity, mechanism, ε/δ/ρ and their split, noise
+scale and intervals, keys, thresholds, stages) or a function of the noisy, suppressed
+tables alone (``cells_released``, ``cells_suppressed``, a level's ``cells_released``,
+``flows_released``, file digests). Nothing that depends on the exact input may appear:
+not row or person counts, bounding tallies, trip counts, timings, the input's digest, the
+configuration digest, the pseudonym key id, nor column names of the input (a header can
+be data). Those go to the *operator record* (``ReleasedTable.operator_record``), which
+stays in memory or is stored 0600 beside the ledger (:func:`privmob.release.
+write_operator_record`) and never enters the release folder or its reports.
+``tests/system/test_release_leaks.py`` checks the rule by differencing: releases with and
+without one person may differ only in fields that also vary between repeated runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import os
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -32,21 +50,23 @@ from privmob._version import __version__
 from privmob.accountant import PrivacyCost, exact
 from privmob.audit import AuditLog
 from privmob.backends import get_backend
-from privmob.config import JobConfig, PrivacyConfig
+from privmob.config import BudgetConfig, JobConfig, PrivacyConfig
 from privmob.errors import (
     BudgetExceededError,
     ConfigError,
     InputError,
+    LedgerIntegrityError,
     PrivmobError,
     ReleaseExistsError,
 )
 from privmob.ingest import BAD_REASONS, Pings, first_line, read_pings
+from privmob.intervals import CI_METHOD
 from privmob.keys import Boundary, load_boundary
-from privmob.ledger import Budget, Ledger, budget_from
+from privmob.ledger import Budget, Ledger, bind_dataset, budget_from, foreign_releases
 from privmob.mechanism import NoiseModel, Sensitivity
-from privmob.pseudonymise import Pseudonymiser, load_key
-from privmob.release import ReleasedTable, build_table
-from privmob.scope import OK, OUT_OF_PERIOD, OUT_OF_SCOPE
+from privmob.pseudonymise import Pseudonymiser, check_job_keys, load_key
+from privmob.release import ReleasedTable, build_table, write_operator_record
+from privmob.scope import OK, OUT_OF_PERIOD, OUT_OF_SCOPE, no_usable_rows
 from privmob.signing import SIGNATURE_FILE, fingerprint, load_private_key
 from privmob.store import WorkingStore
 
@@ -86,6 +106,94 @@ def plan(config: JobConfig) -> Plan:
     if config.grid.boundary is not None:
         _ = p.key_cells
     return p
+
+
+#: How bounding chooses what a person keeps (a public rule; the tallies are operator-only).
+BOUNDING_RULE = "most dwell minutes first; ties by keyed pseudonym XOR id"
+
+#: How flows bounding chooses a person's trips (public rule).
+FLOWS_BOUNDING_RULE = "longest trips first; ties by keyed pseudonym XOR OD hash"
+
+#: Kinds of identifier a column name announces, tried in order on the normalised name.
+_NAME_KINDS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("email", ("mail", "邮")),
+    ("phone", ("phone", "mobile", "tel", "msisdn", "imsi", "imei", "手机", "电话", "联系")),
+    ("age_or_birth", ("age", "birth", "dob", "年龄", "生日", "出生")),
+    ("address", ("addr", "residence", "址")),
+    ("name", ("name", "姓名", "名字")),
+    ("messaging_id", ("wechat", "qq", "微信")),
+)
+
+
+def identifier_kind(column: str) -> str:
+    """The kind of identifier a column's *name* announces (``name``, ``phone``, …).
+
+    >>> identifier_kind("Full Name"), identifier_kind("手机号"), identifier_kind("ssn")
+    ('name', 'phone', 'identity_document')
+    """
+    key = column.strip().lower()
+    for kind, marks in _NAME_KINDS:
+        if any(mark in key for mark in marks):
+            return kind
+    return "identity_document"
+
+
+def _source_columns(source: Any) -> list[str] | None:
+    """The input's columns in file order (None when the backend reads a URI itself)."""
+    if isinstance(source, str):
+        return None
+    try:
+        return list(read_pings(source).schema())
+    except PrivmobError:
+        return None
+
+
+def dropped_identifiers(found: Mapping[str, Mapping[str, int]], by_name: Iterable[str],
+                        columns: Sequence[str] | None) -> list[dict[str, Any]]:
+    """Dropped identifier columns as ``{"position", "kind", "found_by"[, "rows"]}``.
+
+    Positions are 1-based in the input's column order (None if unknown); the header text is
+    never kept, since a header can be data (a phone number in a headerless file).
+    """
+    def position(column: str) -> int | None:
+        if columns is None or column not in columns:
+            return None
+        return list(columns).index(column) + 1
+
+    out: list[dict[str, Any]] = []
+    for column, kinds in found.items():
+        if column in KEPT_COLUMNS:
+            continue
+        out += [{"position": position(column), "kind": kind, "found_by": "values", "rows": int(n)}
+                for kind, n in kinds.items()]
+    out += [{"position": position(c), "kind": identifier_kind(c), "found_by": "header"}
+            for c in by_name]
+    return sorted(out, key=lambda d: (d["position"] is None, d["position"] or 0, d["kind"],
+                                      d["found_by"]))
+
+
+def _refuse_foreign_releases(out: Path | None, ledger_id: str | None, ledger_path: Path) -> None:
+    """Refuse when releases beside ``out`` were charged to a ledger other than this one
+    (``ledger_id`` None: the ledger does not exist yet) — a ledger deleted together with its
+    audit log must not hand out a fresh budget."""
+    if out is None:
+        return
+    foreign = foreign_releases(out.parent, (), ledger_id)
+    if foreign:
+        what = "does not exist" if ledger_id is None else f"is ledger {ledger_id}"
+        raise LedgerIntegrityError(
+            f"{foreign[0]}" + (f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else "")
+            + " was charged to another budget ledger, "
+            f"but {ledger_path} {what}: the ledger was deleted or replaced. Nothing was read or "
+            "charged; restore the original ledger and its audit log from backup"
+        )
+
+
+def _caps_public(caps: Budget) -> dict[str, float | None]:
+    """The per-day caps that bound a release, as the manifest states them."""
+    return {"epsilon_per_day": None if caps.epsilon is None else float(caps.epsilon),
+            "delta_per_day": float(caps.delta),
+            "rho_per_day": None if caps.rho is None else float(caps.rho)}
 
 
 def key_vector(counts: pl.DataFrame, key_cells: npt.NDArray[np.uint64], n_windows: int
@@ -176,8 +284,9 @@ class Plan:
     # -- hierarchical levels (coarser resolutions, each its own table and budget share) --
     @cached_property
     def level_noise(self) -> NoiseModel:
-        """Noise for every parent level: the same bounds (a person's kept cell has one
-        parent per window), calibrated to ``parent_epsilon``."""
+        """Noise for every parent level, calibrated to ``parent_epsilon`` with the occupancy
+        bounds: a level counts distinct persons per (parent cell, window) from the bounded
+        rows, so a person's ≤ k kept cells in a window touch ≤ k parents, each by one."""
         p = dataclasses.replace(self.config.privacy, epsilon=self.config.grid.parent_epsilon,
                                 rho=None)
         return mechanism.calibrate(p, self.sensitivity, threshold_delta=self.threshold_delta
@@ -332,7 +441,8 @@ class Plan:
             )
         lines.append(
             f"  error: noise std {s['noise_std']:.1f}; a released count is within "
-            f"±{s['ci95_halfwidth']} of the truth 95% of the time"
+            f"±{s['ci95_halfwidth']} of the truth 95% of the time (far above the threshold; "
+            "near it the published intervals are selection-aware and wider)"
         )
         if self.public_keys:
             assert self.boundary is not None
@@ -371,6 +481,12 @@ class Plan:
             f"  budget: this release spends ε = {s['epsilon']:g}, δ = {s['delta']:.3g}"
             + (f", ρ = {s['rho']:.6g}" if s["rho"] is not None else "")
         )
+        b = self.budget_config()
+        lines.append(
+            f"  ledger: charges {b.ledger}"
+            + ("" if cfg.budget is not None else " (no [budget]: the default ledger, $PRIVMOB_LEDGER)")
+            + f"; caps {self.budget().describe()} per day bind once declared there"
+        )
         return "\n".join(lines)
 
     # -- running it ----------------------------------------------------------------------
@@ -392,10 +508,15 @@ class Plan:
         first = dt.date.fromordinal(block * job.linkage_days + 1)
         return f"{first.isoformat()}+{job.linkage_days}d"
 
-    def ledger(self) -> Ledger | None:
-        """The budget ledger of this job (None when the job has no [budget] section)."""
-        b = self.config.budget
-        return None if b is None else Ledger(b.ledger)
+    def budget_config(self) -> BudgetConfig:
+        """The job's ``[budget]``, or — for a job without one (a Python release) — the
+        default ledger (``$PRIVMOB_LEDGER`` or the XDG state folder) with default caps."""
+        return self.config.budget or BudgetConfig.default()
+
+    def ledger(self) -> Ledger:
+        """The budget ledger this job charges (created on first use; see :meth:`release`)."""
+        b = self.budget_config()
+        return Ledger(b.ledger, b.audit_path)
 
     def working_store(self) -> WorkingStore | None:
         """The encrypted working store of this job (None when the job has no [store])."""
@@ -411,25 +532,47 @@ class Plan:
             raise ConfigError("this job has no [store] section: there is no working store to read")
         return read_pings(store.get(self.config.dataset, self.key_period))
 
-    def audit_log(self) -> AuditLog | None:
-        b = self.config.budget
-        return None if b is None else AuditLog(b.audit_path, anchor=self.ledger())
+    def audit_log(self) -> AuditLog:
+        """The audit log beside the ledger this job charges."""
+        return self.ledger().audit
 
-    def budget(self) -> Budget | None:
-        b = self.config.budget
-        return None if b is None else budget_from(b.epsilon_per_day, b.delta_per_day, b.rho_per_day)
+    def budget(self) -> Budget:
+        """The job's per-day caps (the defaults for a job without ``[budget]``). They bind
+        only through the ledger: a new ledger declares them, an existing one must agree."""
+        b = self.budget_config()
+        return budget_from(b.epsilon_per_day, b.delta_per_day, b.rho_per_day)
+
+    def _open_ledger(self, out: Path | None) -> Ledger:
+        """The ledger, after checking it was not deleted or replaced under the releases it
+        charged: a release folder beside ``out`` anchored to another ledger is refused."""
+        b = self.budget_config()
+        existed = b.ledger.exists()
+        if not existed:
+            _refuse_foreign_releases(out, None, b.ledger)
+        ledger = Ledger(b.ledger, b.audit_path)
+        if existed:
+            _refuse_foreign_releases(out, ledger.ledger_id, b.ledger)
+        ledger.require_integrity()  # before its caps or datasets are trusted for anything
+        return ledger
 
     def release(self, pings: Any, *, backend: str | None = None,
                 write_to: str | Path | None = None, store: bool = True, force: bool = False,
                 progress: Callable[[str], None] | None = None) -> ReleasedTable:
         """Run the job on ``pings`` (a path, a frame or :func:`read_pings` handle).
 
-        With a ``[budget]`` section the cost is reserved in the ledger *before* any data is
-        read (an over-budget request is refused, :class:`BudgetExceededError`), committed
-        when the release is out, and returned if the run fails first; every outcome is
-        appended to the audit log. With ``write_to`` the release is written (atomically,
-        signed if ``[job] signing_key`` is set) before the budget is committed, so a failed
-        write publishes nothing and spends nothing. With a ``[store]`` section (and ``store``
+        Every release is charged. The cost is reserved in the job's ledger (``[budget]``;
+        without one, the default ledger, :meth:`budget_config`) *before* any data is read (an
+        over-budget request is refused, :class:`BudgetExceededError`), committed when the
+        release is out, and returned if the run fails first; every outcome is appended to
+        the audit log. The ledger is checked first: a broken audit chain, a charge refunded
+        outside the log, a deleted or replaced ledger is refused
+        (:class:`~privmob.errors.LedgerIntegrityError`). The budget belongs to the dataset
+        declared in the ledger, with the caps declared there (:func:`privmob.ledger.bind_dataset`);
+        the manifest carries the reservation's audit entry (``ledger``) so a rewritten log
+        is caught later. With ``write_to`` the release is written (atomically, signed if
+        ``[job] signing_key`` is set) before the budget is committed, so a failed write
+        publishes nothing and spends nothing; the operator record (exact figures) is stored
+        0600 under ``records/`` beside the ledger. With a ``[store]`` section (and ``store``
         true) the period's pseudonymised positions are kept, encrypted, for later runs.
         A job already released for its period with the same configuration is refused
         unless ``force`` (which spends budget again and is recorded). ``progress`` is
@@ -442,15 +585,21 @@ class Plan:
         step = progress or (lambda _stage: None)
         release_id = str(uuid.uuid4())
         out = None if write_to is None else Path(write_to)
-        ledger, audit = self.ledger(), self.audit_log()
-        config_sha = cfg.sha256()
+        audit: AuditLog | None = None
         record: dict[str, Any] = {
             "release_id": release_id, "dataset": cfg.dataset, "key_period": self.key_period,
             "operator": cfg.job.operator, "purpose": cfg.job.purpose,
-            "config_sha256": config_sha, "output": None if out is None else str(out),
+            "config_sha256": cfg.sha256(), "output": None if out is None else str(out),
             "forced": force,
         }
         try:
+            step("check budget ledger")
+            ledger = self._open_ledger(out)
+            audit = ledger.audit
+            dataset, caps = bind_dataset(ledger, requested=cfg.job.dataset, derived=cfg.dataset,
+                                         budget=self.budget(), operator=cfg.job.operator,
+                                         check_caps=cfg.budget is not None)
+            record["dataset"] = dataset
             if out is not None and out.exists() and (not out.is_dir() or any(out.iterdir())):
                 raise ReleaseExistsError(
                     f"{out} already holds a release; a period is released once — move it away "
@@ -460,27 +609,29 @@ class Plan:
             pseudonymiser = Pseudonymiser(key, self.linkage_label)
             del key
             signer = None if cfg.job.signing_key is None else load_private_key(cfg.job.signing_key)
+            check_job_keys(cfg)  # the pseudonymisation key is neither the signing nor the store key
             working = self.working_store() if store else None
-            charge = None
-            if ledger is not None:
-                budget = self.budget()
-                assert budget is not None
-                step("reserve budget")
-                charge = ledger.reserve(
-                    release_id=release_id, dataset=cfg.dataset, days=self.days, cost=self.cost,
-                    budget=budget, purpose=cfg.job.purpose, operator=cfg.job.operator,
-                    mechanism=self.noise.mechanism,
-                    config_sha256=cfg.sha256(ignore_output=True),
-                    force=force,
-                )
+            step("reserve budget")
+            charge = ledger.reserve(
+                release_id=release_id, dataset=dataset, days=self.days, cost=self.cost,
+                budget=caps, purpose=cfg.job.purpose, operator=cfg.job.operator,
+                mechanism=self.noise.mechanism, config_sha256=cfg.sha256(ignore_output=True),
+                force=force, output="" if out is None else str(out.resolve()),
+                audit_fields={"key_period": self.key_period, "config_sha256": record["config_sha256"]},
+            )
         except PrivmobError as exc:
-            if audit is not None:
+            if audit is not None and not isinstance(exc, LedgerIntegrityError):
                 refused = isinstance(exc, BudgetExceededError | ReleaseExistsError)
-                outcome = "refused" if refused else "failed"
-                audit.append(outcome, **record, reason=f"{type(exc).__name__}: {exc}")
+                with contextlib.suppress(PrivmobError):  # an unwritable log: the error says it
+                    audit.append("refused" if refused else "failed", **record,
+                                 reason=f"{type(exc).__name__}: {exc}")
             raise
         try:
             released = self._compute(pings, release_id, pseudonymiser, backend, signer, step)
+            released = dataclasses.replace(released, manifest={
+                **released.manifest, "dataset": dataset, "ledger": charge.anchor(),
+                "budget": {"days_charged": list(self.days), **_caps_public(caps)},
+            })
             if working is not None:
                 step("store positions")
                 source = _as_source(pings, backend or cfg.job.backend)
@@ -493,21 +644,18 @@ class Plan:
         except BaseException as exc:
             # Our own messages never quote data; anything else is reduced to a category.
             detail = str(exc) if isinstance(exc, PrivmobError) else first_line(exc)
-            reason = f"{type(exc).__name__}: {detail}"
-            if ledger is not None and charge is not None:
-                ledger.cancel(charge, reason)
-            if audit is not None:
-                audit.append("failed", **record, reason=reason, budget="returned")
+            ledger.cancel(charge, f"{type(exc).__name__}: {detail}", **record)
             raise
-        if ledger is not None and charge is not None:
-            ledger.commit(charge)
-        if audit is not None:
-            m = released.manifest
-            audit.append("released", **record, input_sha256=m["input_sha256"],
-                         cells_released=m["cells_released"],
-                         cost={k: v for k, v in self.cost.as_dict().items() if k.endswith("_exact")},
-                         days=list(self.days), signed_by=m.get("signature", {}).get("fingerprint"),
-                         stored=working is not None)
+        m = released.manifest
+        ledger.commit(charge, **record, input_sha256=released.operator_record.get("input_sha256"),
+                      cells_released=m["cells_released"],
+                      cost={k: v for k, v in self.cost.as_dict().items() if k.endswith("_exact")},
+                      days=list(self.days), signed_by=m.get("signature", {}).get("fingerprint"),
+                      stored=working is not None)
+        step("store operator record")
+        write_operator_record(ledger.path.parent / "records" / f"{release_id}.json",
+                              {**released.operator_record, "release_id": release_id,
+                               "output": record["output"]})
         return released
 
     def _compute(self, pings: Any, release_id: str, pseudonymiser: Pseudonymiser,
@@ -540,6 +688,8 @@ class Plan:
         bad = {r: n for r, n in exact.rows_by_status.items() if r in BAD_REASONS}
         if bad and cfg.job.on_bad_rows == "fail":
             raise InputError(self._bad_rows_message(engine, source, pseudonymiser, bad))
+        if exact.rows_by_status.get(OK, 0) == 0 and not cfg.job.allow_empty:  # pure noise: refuse
+            raise InputError(no_usable_rows(exact.rows_by_status, exact.rows_epoch_ms))
 
         step(f"noise ({self.noise.mechanism}, OpenDP)")
         tick = time.perf_counter()
@@ -549,10 +699,10 @@ class Plan:
             cells, windows, noisy,
             period_start=cfg.period_start,
             window_seconds=cfg.grid.window_seconds,
-            ci_halfwidth=self.noise.ci_halfwidth(0.95),
+            noise=self.noise, threshold=threshold_used,
         )
-        manifest = self._manifest(release_id, exact, pseudonymiser, input_sha256, table.height, n_keys,
-                                  threshold_used, delta_used)
+        manifest = self._manifest(release_id, table.height, n_keys, threshold_used, delta_used)
+        operator = self._operator_record(release_id, exact, pseudonymiser, input_sha256, source)
         if signer is not None:
             manifest["signature"] = {"algorithm": "Ed25519", "file": SIGNATURE_FILE,
                                      "fingerprint": fingerprint(signer)}
@@ -561,18 +711,18 @@ class Plan:
             step("coarser levels")
             manifest["levels"] = []
             for res in cfg.grid.parent_resolutions:
-                parent = exact.counts.with_columns(plh3.cell_to_parent("cell", res).alias("cell")) \
-                    .group_by("cell", "window").agg(pl.col("count").sum()).sort("window", "cell")
+                parent = exact.levels[res]  # distinct persons per (parent, window): aggregate.py
                 lc, lw, ln, lkeys, lthr, ldelta = self._noise(parent, level=res)
                 levels[res] = build_table(lc, lw, ln, period_start=cfg.period_start,
                                           window_seconds=cfg.grid.window_seconds,
-                                          ci_halfwidth=self.level_noise.ci_halfwidth(0.95))
+                                          noise=self.level_noise, threshold=lthr)
                 level_cost = self.level_costs[res]
                 manifest["levels"].append({
                     "resolution": res, "file": f"release-res{res}.parquet",
                     **{k: v for k, v in level_cost.as_dict().items() if not k.endswith("_exact")},
                     "noise_scale": self.level_noise.scale,
                     "ci95_halfwidth": self.level_noise.ci_halfwidth(0.95),
+                    "ci_method": CI_METHOD,
                     "release_threshold": lthr, "threshold_delta": ldelta, "n_keys": lkeys,
                     "cells_released": int(levels[res].height),
                 })
@@ -583,11 +733,11 @@ class Plan:
             from privmob.flows import exact_flows
 
             flows_exact = exact_flows(engine.fixes(source, cfg, pseudonymiser), cfg, self.flows_units)
-            flows_table, manifest["flows"] = self._release_flows(flows_exact)
+            flows_table, manifest["flows"], operator["flows"] = self._release_flows(flows_exact)
             timings["flows"] = time.perf_counter() - tick
-        manifest["timings_s"] = {k: round(v, 4) for k, v in timings.items()}
+        operator["timings_s"] = {k: round(v, 4) for k, v in timings.items()}
         released = ReleasedTable(table=table, manifest=manifest, flows=flows_table,
-                                 boundary=cfg.grid.boundary, levels=levels)
+                                 boundary=cfg.grid.boundary, levels=levels, operator_record=operator)
         if bad and cfg.job.quarantine is not None:
             self._write_quarantine(engine, source, pseudonymiser)
         return released
@@ -621,8 +771,11 @@ class Plan:
         noisy = np.array([v for _, v in items], dtype=np.int64)
         return cells, windows, noisy, None, threshold, delta
 
-    def _release_flows(self, exact: Any) -> tuple[pl.DataFrame, dict[str, Any]]:
-        """Noise, threshold and suppress the OD counts with the occupancy code path."""
+    def _release_flows(self, exact: Any) -> tuple[pl.DataFrame, dict[str, Any], dict[str, Any]]:
+        """Noise, threshold and suppress the OD counts with the occupancy code path.
+
+        Returns the table, its public manifest part and its operator-record part (the exact
+        trip, person and bounding tallies)."""
         from privmob.flows import n_windows as flows_n_windows
 
         cfg, fc, noise = self.config, self.config.flows, self.flows_noise
@@ -663,19 +816,23 @@ class Plan:
 
             coords = {c: h3.cell_to_latlng(c) for c in {*origin.tolist(), *dest.tolist()}}
         half = noise.ci_halfwidth(0.95)
+        from privmob.intervals import near_threshold, selection_interval
+
+        ci_low, ci_high = selection_interval(noise, threshold, values, 0.95)  # given publication
         start_us = int(cfg.period_start.timestamp()) * 1_000_000
         table = pl.DataFrame({
             "origin": pl.Series(origin.tolist(), dtype=pl.String),
             "destination": pl.Series(dest.tolist(), dtype=pl.String),
             "window": pl.Series(window, dtype=pl.Int64),
             "count": pl.Series(values, dtype=pl.Int64),
+            "ci_low": pl.Series(ci_low, dtype=pl.Int64),
+            "ci_high": pl.Series(ci_high, dtype=pl.Int64),
+            "near_threshold": pl.Series(near_threshold(values, threshold, half), dtype=pl.Boolean),
         }).select(
             "origin", "destination",
             (pl.lit(start_us) + pl.col("window") * (fc.window_seconds * 1_000_000))
             .cast(pl.Datetime("us")).dt.replace_time_zone("UTC").alias("window_start"),
-            "count",
-            (pl.col("count") - half).clip(lower_bound=0).alias("ci_low"),
-            (pl.col("count") + half).alias("ci_high"),
+            "count", "ci_low", "ci_high", "near_threshold",
         ).with_columns(
             pl.col("origin").replace_strict({k: v[0] for k, v in coords.items()}, return_dtype=pl.Float64)
             .alias("origin_lat"),
@@ -703,27 +860,34 @@ class Plan:
             "noise_scale": noise.scale,
             "noise_std": round(noise.std, 4),
             "ci95_halfwidth": half,
+            "ci_method": CI_METHOD,
             "keys": key_label,
             "n_keys": n_keys,
             "threshold": None if units is not None else {"value": threshold, "delta": delta},
             "release_threshold": threshold,
+            "bounding": {"rule": FLOWS_BOUNDING_RULE},
             "flows_released": table.height,
+        }
+        operator = {
             "trips": exact.trips,
             "trips_outside_units": exact.trips_outside_units,
             "persons": exact.persons,
             "bounding": {
-                "rule": "longest trips first; ties by keyed pseudonym XOR OD hash",
+                "rule": FLOWS_BOUNDING_RULE,
                 "person_od_windows": exact.bounding.person_cell_windows,
                 "person_od_windows_kept": exact.bounding.person_cell_windows_kept,
             },
         }
-        return table, manifest
+        return table, manifest, operator
 
-    def _manifest(self, release_id: str, exact: Any, pseudonymiser: Pseudonymiser, input_sha: str | None,
-                  released: int, n_keys: int | None, threshold: int,
+    def _manifest(self, release_id: str, released: int, n_keys: int | None, threshold: int,
                   threshold_delta: float) -> dict[str, Any]:
+        """The public manifest: public parameters and released (noisy) numbers only.
+
+        Nothing here may depend on the input except through the noisy table (see the module
+        docstring); the exact figures go to :meth:`_operator_record`.
+        """
         cfg, s = self.config, self.summary()
-        by_status = exact.rows_by_status
         return {
             "privmob_version": __version__,
             "release_id": release_id,
@@ -733,28 +897,13 @@ class Plan:
             "purpose": cfg.job.purpose,
             "operator": cfg.job.operator,
             "marking": cfg.job.marking,
-            "input_sha256": input_sha,
-            "rows_in": exact.rows_in,
-            "rows_bad": {r: n for r, n in sorted(by_status.items()) if r in BAD_REASONS},
-            "rows_out_of_scope": by_status.get(OUT_OF_SCOPE, 0),
-            "rows_out_of_period": by_status.get(OUT_OF_PERIOD, 0),
-            "rows_outside_boundary": by_status.get("outside_boundary", 0),
-            "rows_used": by_status.get(OK, 0),
-            "identifier_columns_dropped": sorted(
-                {c for c in exact.pii if c not in KEPT_COLUMNS} | set(exact.identifier_names)),
-            "persons": exact.persons,
-            "exact_fields_note": (
-                "rows_*, persons and timings_s describe the input and the run for the operator; "
-                "they are exact, not differentially private, and must not be published with the table"
-            ),
+            "privacy_unit": self.privacy_unit,
             "scope": {"groups": list(cfg.scope.groups), "assume_group": cfg.scope.assume_group},
             "pseudonymisation": {
                 "method": "HMAC-SHA256, key derived per linkage period",
                 "linkage_period": self.linkage_label,
                 "linkage_days": cfg.job.linkage_days,
-                "key_id": pseudonymiser.key_id,
             },
-            "config_sha256": cfg.sha256(),
             "budget": None if cfg.budget is None else {
                 "days_charged": list(self.days),
                 "epsilon_per_day": cfg.budget.epsilon_per_day,
@@ -769,7 +918,7 @@ class Plan:
             "timezone": cfg.job.timezone,
             "max_cells_per_window": cfg.privacy.max_cells_per_window,
             "max_windows": cfg.privacy.max_windows,
-            "bounding": exact.bounding.as_dict(),
+            "bounding": {"rule": BOUNDING_RULE},
             "sensitivity": {"l1": self.sensitivity.l1, "l2": self.sensitivity.l2},
             "mechanism": self.noise.mechanism,
             "epsilon": s["epsilon"],
@@ -786,6 +935,7 @@ class Plan:
             "noise_std": s["noise_std"],
             "ci_level": 0.95,
             "ci95_halfwidth": s["ci95_halfwidth"],
+            "ci_method": CI_METHOD,
             "keys": self.boundary.key_label if self.boundary is not None else "threshold",
             "key_cells": s["key_cells"],
             "n_keys": n_keys,
@@ -803,6 +953,48 @@ class Plan:
             "cells_suppressed": None if n_keys is None else n_keys - released,
             "stages": list(self.stages),
         }
+
+    @property
+    def privacy_unit(self) -> str:
+        """What one unit of the privacy guarantee covers, in words (manifest, report)."""
+        days = self.config.job.period_days
+        if days == 1:
+            return "one person over one release period (person-day)"
+        return f"one person over one release period of {days} days (person-period)"
+
+    def _operator_record(self, release_id: str, exact: Any, pseudonymiser: Pseudonymiser,
+                         input_sha: str | None, source: Any) -> dict[str, Any]:
+        """The exact, non-DP figures of a run, for the operator only (never published).
+
+        Dropped identifier columns are named by 1-based position and kind, never by header
+        text: a header can itself be data (a headerless file's first row).
+        """
+        cfg = self.config
+        by_status = exact.rows_by_status
+        record: dict[str, Any] = {
+            "release_id": release_id,
+            "dataset": cfg.dataset,
+            "key_period": self.key_period,
+            "note": ("exact figures of the input and the run, not differentially private: "
+                     "for the operator only, never to be published with the release"),
+            "input_sha256": input_sha,
+            "config_sha256": cfg.sha256(),
+            "key_id": pseudonymiser.key_id,
+            "rows_in": exact.rows_in,
+            "rows_bad": {r: n for r, n in sorted(by_status.items()) if r in BAD_REASONS},
+            "rows_out_of_scope": by_status.get(OUT_OF_SCOPE, 0),
+            "rows_out_of_period": by_status.get(OUT_OF_PERIOD, 0),
+            "rows_outside_boundary": by_status.get("outside_boundary", 0),
+            "rows_used": by_status.get(OK, 0),
+            "persons": exact.persons,
+            "identifier_columns_dropped": dropped_identifiers(
+                exact.pii, exact.identifier_names, _source_columns(source)),
+            "bounding": exact.bounding.as_dict(),
+        }
+        by_group = getattr(exact, "out_of_scope_by_group", None)
+        if by_group is not None:
+            record["out_of_scope_by_group"] = by_group
+        return record
 
     def _bad_rows_message(self, engine: Any, source: Any, pseudonymiser: Pseudonymiser,
                           bad: dict[str, int]) -> str:

@@ -8,20 +8,46 @@ to another's without the master key. The key is never printed, logged or written
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
 import stat
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
 
 from privmob.errors import KeyFileError
 
-__all__ = ["MIN_KEY_BYTES", "Pseudonymiser", "load_key"]
+if TYPE_CHECKING:
+    from privmob.config import JobConfig
+
+__all__ = ["MIN_DISTINCT_BYTES", "MIN_KEY_BYTES", "Pseudonymiser", "check_job_keys", "check_keys_apart",
+           "key_weakness", "load_key", "new_key"]
 
 MIN_KEY_BYTES = 32
+#: A key must use at least this many distinct byte values. Length alone lets through the
+#: keys that mistakes make — 32 zero bytes from /dev/zero, one character repeated, a
+#: "xxxx…" placeholder — and those are guessed first. 8 is far below what a random key has
+#: (64 hex characters of :func:`new_key` show ≥ 8 of the 16 digits except with probability
+#: ~1e-19, and new_key draws again then, so it never makes a refused key), and a key over
+#: 8 symbols still has ≥ 32·3 = 96 bits if random. It is a floor against mistakes, not an
+#: entropy measurement: no test of one key can prove it random.
+MIN_DISTINCT_BYTES = 8
+
+_HINT = "make a new one with `privmob keys pseudonym FILE`"
+
+
+def key_weakness(key: bytes) -> str | None:
+    """Why ``key`` is too easy to guess (None when it is not): too few distinct bytes."""
+    distinct = len(set(key))
+    if distinct < MIN_DISTINCT_BYTES:
+        what = "all zero bytes" if not key.strip(b"\x00") else (
+            "one byte repeated" if distinct == 1 else f"only {distinct} distinct byte values")
+        return f"is {what} (at least {MIN_DISTINCT_BYTES} are required): it can be guessed"
+    return None
 
 
 def load_key(key_file: Path | None, key_env: str) -> bytes:
@@ -62,12 +88,86 @@ def load_key(key_file: Path | None, key_env: str) -> bytes:
             f"the pseudonymisation key in {source} is shorter than {MIN_KEY_BYTES} bytes; "
             "make a new one with `privmob keys pseudonym FILE`"
         )
+    weakness = key_weakness(key)
+    if weakness is not None:
+        raise KeyFileError(f"the key in {source} {weakness}; {_HINT}")
     return key
 
 
 def new_key() -> bytes:
-    """A fresh random key as 64 hex characters (256 bits)."""
-    return os.urandom(32).hex().encode()
+    """A fresh random key as 64 hex characters (256 bits), never one :func:`load_key` refuses
+    (a draw with fewer than :data:`MIN_DISTINCT_BYTES` digits, p ~ 1e-19, is drawn again)."""
+    while True:
+        key = os.urandom(32).hex().encode()
+        if key_weakness(key) is None:
+            return key
+
+
+def _forms(secret: bytes) -> set[bytes]:
+    """The byte strings a secret may be written as: as given and, when it is hex text, the
+    bytes it spells — so a key file holding the hex of another key's bytes still matches."""
+    text = secret.strip()
+    forms = {secret, text}  # load_key strips a key file; raw bytes may end in a space byte
+    with contextlib.suppress(UnicodeDecodeError, ValueError):
+        forms.add(bytes.fromhex(text.decode("ascii")))
+    return {f for f in forms if f}
+
+
+def _signing_forms(path: Path) -> set[bytes]:
+    """The signing key file's bytes, and the raw Ed25519 secret in it (and that as hex)."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return set()  # the signing key loader reports an unreadable file
+    forms = _forms(data)
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+
+    # not a key we can read (the signing key loader says why): its bytes still count
+    with contextlib.suppress(ValueError, TypeError, UnsupportedAlgorithm):
+        key = serialization.load_pem_private_key(data, password=None)
+        raw = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                                serialization.NoEncryption())
+        forms |= {raw, raw.hex().encode()}
+    return forms
+
+
+def _file_forms(path: Path) -> set[bytes]:
+    try:
+        with path.open("rb") as fh:
+            return _forms(fh.read(4096))
+    except OSError:
+        return set()  # the store's own loader reports a missing or unreadable file
+
+
+def check_keys_apart(pseudonym_key: bytes, signing_key_path: Path | None,
+                     store_key_path: Path | None) -> None:
+    """Refuse a pseudonymisation key that is also the signing key or the store key.
+
+    One secret doing two jobs means one leak does both harms: whoever holds the signing
+    key could then also re-identify every pseudonym, and the store key decrypts what the
+    pseudonyms protect. Compared are the key files' bytes, the signing key's raw secret
+    (and its hex), and each key's hex decoded. Raises :class:`KeyFileError`; the message
+    names the two keys, never their contents.
+    """
+    mine = _forms(pseudonym_key)
+    others = (("signing key ([job] signing_key)", signing_key_path, _signing_forms),
+              ("working-store key ([store] key_file)", store_key_path, _file_forms))
+    for what, path, forms in others:
+        if path is not None and mine & forms(Path(path)):
+            raise KeyFileError(
+                f"the pseudonymisation key is the same secret as the {what} {path}: one leak "
+                "would then expose both. Keep them apart: make a new pseudonymisation key with "
+                "`privmob keys pseudonym FILE` and point [job] key_file at it (pseudonyms "
+                "made with the old key will no longer link to new ones)"
+            )
+
+
+def check_job_keys(config: JobConfig) -> None:
+    """:func:`check_keys_apart` for a job's pseudonymisation, signing and store keys."""
+    store = config.store
+    check_keys_apart(load_key(config.job.key_file, config.job.key_env), config.job.signing_key,
+                     None if store is None else store.key_file)
 
 
 class Pseudonymiser:

@@ -21,7 +21,7 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h3
 import numpy as np
@@ -32,7 +32,11 @@ import pyarrow.parquet as pq
 
 from privmob.errors import ReleaseExistsError, ReleaseWriteError
 
-__all__ = ["FLOWS_FILES", "RELEASE_FILES", "ReleasedTable", "build_table", "suppress"]
+if TYPE_CHECKING:
+    from privmob.mechanism import NoiseModel
+
+__all__ = ["FLOWS_FILES", "RELEASE_FILES", "ReleasedTable", "build_table", "read_operator_record",
+           "suppress", "write_operator_record"]
 
 #: The files every release directory holds (signatures and reports add to it later).
 RELEASE_FILES = ("release.parquet", "release.csv", "release.geojson", "manifest.json")
@@ -45,6 +49,7 @@ _SCHEMA = {
     "count": pl.Int64,
     "ci_low": pl.Int64,
     "ci_high": pl.Int64,
+    "near_threshold": pl.Boolean,
 }
 
 
@@ -72,19 +77,32 @@ def build_table(
     *,
     period_start: dt.datetime,
     window_seconds: int,
-    ci_halfwidth: int,
+    noise: NoiseModel,
+    threshold: int,
 ) -> pl.DataFrame:
-    """The public table: H3 cell string, window start (UTC), count and its 95% interval.
+    """The public table: H3 cell string, window start (UTC), count, its 95% interval and
+    whether it is near the threshold.
 
-    ``ci_low`` is clipped at 0 (a count of persons cannot be negative; clipping is
-    post-processing).
+    A count is here because its noisy value cleared ``threshold``, which biases small true
+    counts upward; ``ci_low``/``ci_high`` are therefore the selection-aware interval
+    (:func:`privmob.intervals.selection_interval`: 95% coverage given publication, ≥ 0),
+    not ``count ± half-width``. ``near_threshold`` marks counts below τ + the unconditional
+    95% half-width, where that bias matters. All of it is post-processing.
     """
+    from privmob.intervals import near_threshold, selection_interval
+
+    noisy = np.asarray(noisy, dtype=np.int64)
+    ci_low, ci_high = selection_interval(noise, threshold, noisy, 0.95)
+    near = near_threshold(noisy, threshold, noise.ci_halfwidth(0.95))
     start_us = int(period_start.timestamp()) * 1_000_000
     frame = pl.DataFrame(
         {
             "cell": pl.Series(cells, dtype=pl.UInt64),
             "window": pl.Series(windows, dtype=pl.Int64),
             "count": pl.Series(noisy, dtype=pl.Int64),
+            "ci_low": pl.Series(ci_low, dtype=pl.Int64),
+            "ci_high": pl.Series(ci_high, dtype=pl.Int64),
+            "near_threshold": pl.Series(near, dtype=pl.Boolean),
         }
     )
     return (
@@ -94,9 +112,10 @@ def build_table(
             .cast(pl.Datetime("us"))
             .dt.replace_time_zone("UTC")
             .alias("window_start"),
-            pl.col("count"),
-            (pl.col("count") - ci_halfwidth).clip(lower_bound=0).alias("ci_low"),
-            (pl.col("count") + ci_halfwidth).alias("ci_high"),
+            "count",
+            "ci_low",
+            "ci_high",
+            "near_threshold",
         )
         .sort("window_start", "cell")
         .cast(_SCHEMA)  # type: ignore[arg-type]
@@ -113,8 +132,13 @@ class ReleasedTable:
         Polars frame ``cell, window_start, count, ci_low, ci_high``; every ``count`` is a
         noisy distinct-person count at or above the release threshold.
     manifest
-        Everything needed to read, trust and reproduce the release's parameters: purpose,
-        operator, budget spent, noise scale, keys, threshold, bounding, input digest.
+        The public manifest: what the release is, its parameters and released numbers
+        (purpose, operator, unit of privacy, budget spent, noise, keys, threshold). It holds
+        no exact figure of the input (see :mod:`privmob.plan`).
+    operator_record
+        The exact figures of the run (row and person counts, bounding tallies, digests,
+        timings), for the operator only: in memory, never written into the release folder
+        and never shown by ``repr``. Store it with :func:`write_operator_record`.
     """
 
     table: pl.DataFrame
@@ -126,6 +150,8 @@ class ReleasedTable:
     boundary: Path | None = None
     #: The same table at coarser resolutions (hierarchical release), keyed by resolution.
     levels: Mapping[int, pl.DataFrame] = field(default_factory=dict)
+    #: Exact, non-DP figures for the operator (empty for a release read from a folder).
+    operator_record: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     def __repr__(self) -> str:
         m = self.manifest
@@ -168,22 +194,33 @@ class ReleasedTable:
         return cls(table=table, manifest=manifest, flows=flows, levels=levels)
 
     def explain(self) -> str:
-        """What this release holds and what was lost on the way (bounding, suppression)."""
-        m = self.manifest
-        b = m.get("bounding", {})
-        bad = m.get("rows_bad", {})
-        lines = [
-            f"release {m.get('release_id')} of {m.get('dataset')!r}, period {m.get('key_period')}",
-            f"  input: {m.get('rows_in', 0):,} rows; bad {sum(bad.values()):,}"
-            + (f" ({', '.join(f'{k} {v}' for k, v in bad.items())})" if bad else "")
-            + f"; out of scope {m.get('rows_out_of_scope', 0):,}; out of period "
-            f"{m.get('rows_out_of_period', 0):,}; outside boundary {m.get('rows_outside_boundary', 0):,}",
-            f"  bounding: dropped {b.get('person_cell_windows_dropped_share', 0):.1%} of "
-            f"person-cell-windows, kept {b.get('dwell_minutes_kept_share', 1):.1%} of dwell minutes",
+        """What this release holds and what was lost on the way (bounding, suppression).
+
+        The input line and the bounding tallies are exact and come from the operator record,
+        so they appear only in the process that made the release; a release read from a
+        folder explains its public numbers only.
+        """
+        m, op = self.manifest, self.operator_record
+        lines = [f"release {m.get('release_id')} of {m.get('dataset')!r}, period {m.get('key_period')}"]
+        if op:
+            b = op.get("bounding", {})
+            bad = op.get("rows_bad", {})
+            lines += [
+                "  operator only (exact, not differentially private; not in the release):",
+                f"    input: {op.get('rows_in', 0):,} rows; bad {sum(bad.values()):,}"
+                + (f" ({', '.join(f'{k} {v}' for k, v in bad.items())})" if bad else "")
+                + f"; out of scope {op.get('rows_out_of_scope', 0):,}; out of period "
+                f"{op.get('rows_out_of_period', 0):,}; outside boundary "
+                f"{op.get('rows_outside_boundary', 0):,}; {op.get('persons', 0):,} persons",
+                f"    bounding: dropped {b.get('person_cell_windows_dropped_share', 0):.1%} of "
+                f"person-cell-windows, kept {b.get('dwell_minutes_kept_share', 1):.1%} of dwell minutes",
+            ]
+        lines += [
             f"  released {m.get('cells_released')} cell-windows"
             + (f" of {m['n_keys']:,} public keys" if m.get("n_keys") else " (threshold keys)")
             + f"; threshold {m.get('release_threshold')}; each count ± {m.get('ci95_halfwidth')} (95%)",
-            f"  {m.get('mechanism')} noise, ε = {m.get('epsilon')}, δ = {m.get('delta')}",
+            f"  {m.get('mechanism')} noise, ε = {m.get('epsilon')}, δ = {m.get('delta')}"
+            + (f"; unit of privacy: {m['privacy_unit']}" if m.get("privacy_unit") else ""),
         ]
         return "\n".join(lines)
 
@@ -203,6 +240,7 @@ class ReleasedTable:
                         "count": row["count"],
                         "ci_low": row["ci_low"],
                         "ci_high": row["ci_high"],
+                        "near_threshold": row.get("near_threshold"),
                         "marking": self.manifest.get("marking"),
                     },
                 }
@@ -345,7 +383,8 @@ class ReleasedTable:
                 "properties": {
                     "origin": row["origin"], "destination": row["destination"],
                     "window_start": row["window_start"].isoformat(), "count": row["count"],
-                    "ci_low": row["ci_low"], "ci_high": row["ci_high"], "marking": marking,
+                    "ci_low": row["ci_low"], "ci_high": row["ci_high"],
+                    "near_threshold": row.get("near_threshold"), "marking": marking,
                 },
             }
             for row in flows.iter_rows(named=True)
@@ -353,6 +392,57 @@ class ReleasedTable:
         (folder / "flows.geojson").write_text(json.dumps(
             {"type": "FeatureCollection", "privmob": {"release_id": release_id, "marking": marking},
              "features": features}, ensure_ascii=False), encoding="utf-8")
+
+
+def write_operator_record(path: Path, record: Mapping[str, Any]) -> Path:
+    """Write a release's operator record (exact figures) as JSON, atomically, mode 0600.
+
+    The record is private: it goes beside the ledger, never into a release folder. A
+    missing parent folder is created with mode 0700. Returns ``path``.
+    """
+    from privmob.errors import ReleaseWriteError
+
+    path = Path(path)
+    try:
+        if not path.parent.is_dir():
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(path.parent, 0o700)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise ReleaseWriteError(
+            f"cannot create the operator record in {path.parent}: {exc.strerror or exc}"
+        ) from exc
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(dict(record), fh, ensure_ascii=False, indent=2, default=str)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise ReleaseWriteError(
+            f"writing the operator record {path} failed ({exc.strerror or exc})"
+        ) from exc
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_operator_record(path: Path) -> dict[str, Any]:
+    """Read an operator record written by :func:`write_operator_record`."""
+    from privmob.errors import InputError
+
+    try:
+        record = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read the operator record {path}: {exc}") from exc
+    if not isinstance(record, dict):
+        raise InputError(f"{path} is not an operator record (expected a JSON object)")
+    return record
 
 
 def _remove_stale_partials(target: Path) -> None:

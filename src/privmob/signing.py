@@ -40,6 +40,7 @@ import hashlib
 import json
 import os
 import stat
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Final
@@ -54,12 +55,14 @@ __all__ = [
     "PROBLEM_KINDS",
     "PUBLIC_KEY_FILE",
     "SIGNATURE_FILE",
+    "TRUSTED_KEYS_ENV",
     "Problem",
     "Verification",
     "fingerprint",
     "generate_keypair",
     "load_private_key",
     "load_public_key",
+    "load_trusted_fingerprints",
     "sign_manifest",
     "verify_release",
     "write_signature",
@@ -70,6 +73,8 @@ SIGNATURE_FILE: Final = "manifest.sig"
 #: PEM public key of the signer, copied into each release for convenience (not for trust).
 PUBLIC_KEY_FILE: Final = "signing_key.pub"
 MANIFEST_FILE: Final = "manifest.json"
+#: Environment variable naming a file of trusted fingerprints (one per line), for ``verify``.
+TRUSTED_KEYS_ENV: Final = "PRIVMOB_TRUSTED_KEYS"
 
 #: Every value :attr:`Problem.kind` can take.
 PROBLEM_KINDS: Final = frozenset(
@@ -464,6 +469,7 @@ def verify_release(
     *,
     public_key: Path | Ed25519PublicKey | None = None,
     fingerprint: str | None = None,
+    trusted_fingerprints: Iterable[str] | None = None,
 ) -> Verification:
     """Check that a release folder is exactly what its signer published.
 
@@ -475,6 +481,8 @@ def verify_release(
       the folder;
     * if ``fingerprint`` is given, the key used has that fingerprint (``untrusted_key``
       otherwise); a pinned key must match a shipped ``signing_key.pub`` too;
+    * if ``trusted_fingerprints`` is given, the key used is one of them (``untrusted_key``
+      otherwise);
     * every listed file exists as a regular file with its sha256;
     * no other file is present except ``manifest.json``, ``manifest.sig`` and
       ``signing_key.pub`` — an added or swapped-in image or table is reported.
@@ -491,6 +499,9 @@ def verify_release(
         The publisher's public key (PEM file or loaded key), obtained out of band.
     fingerprint
         The publisher's key fingerprint (``SHA256:…``), obtained out of band.
+    trusted_fingerprints
+        Fingerprints of every key the caller trusts to sign releases (e.g. read with
+        :func:`load_trusted_fingerprints`); the key used must be one of them.
 
     Returns
     -------
@@ -516,6 +527,8 @@ def verify_release(
             f"public_key must be a Path or an Ed25519PublicKey, not {type(public_key).__name__}"
         )
     expected_fp = _normalise_fingerprint(fingerprint) if fingerprint is not None else None
+    trusted_set = (None if trusted_fingerprints is None
+                   else frozenset(_normalise_fingerprint(f) for f in trusted_fingerprints))
 
     if not folder.is_dir():
         what = "does not exist" if not folder.exists() else "is not a folder"
@@ -578,6 +591,17 @@ def verify_release(
                 )
             )
 
+    in_trusted = trusted_set is None or used_fp in trusted_set
+    if trusted_set is not None and used_fp is not None and not in_trusted:
+        problems.append(
+            Problem(
+                "" if pinned is not None else PUBLIC_KEY_FILE,
+                "untrusted_key",
+                f"the release is signed by key {used_fp}, which is not among the "
+                f"{len(trusted_set)} trusted key(s) given",
+            )
+        )
+
     # 2. The manifest and its signature.
     manifest_bytes, manifest_problem = _read_small(folder / MANIFEST_FILE, limit=None)
     if manifest_bytes is None:
@@ -595,8 +619,39 @@ def verify_release(
         problems.append(Problem(SIGNATURE_FILE, "unsigned", "the release has no signature file"))
 
     ok = not problems and sig_ok
-    trusted = ok and key_matches and (pinned is not None or expected_fp is not None)
+    pinned_any = pinned is not None or expected_fp is not None or trusted_set is not None
+    trusted = ok and key_matches and in_trusted and pinned_any
     return Verification(ok, used_fp, trusted, tuple(problems))
+
+
+def load_trusted_fingerprints(path: Path) -> frozenset[str]:
+    """The fingerprints listed in a trusted-keys file: one ``SHA256:…`` per line.
+
+    Blank lines and ``#`` comments are skipped, and anything after the fingerprint on a
+    line (a name, a date) is ignored, so the file can say whose key each one is.
+
+    Raises
+    ------
+    KeyFileError
+        If the file cannot be read or lists no fingerprint.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
+        raise KeyFileError(f"cannot read the trusted keys file {path}: {why}") from None
+    tokens = [words[0] for line in text.splitlines() if (words := line.split("#", 1)[0].split())]
+    fps = frozenset(_FP_PREFIX + t.rstrip("=")[len(_FP_PREFIX):] if t[: len(_FP_PREFIX)].upper() == _FP_PREFIX
+                    else _FP_PREFIX + t.rstrip("=") for t in tokens)
+    bad = sorted(f for f in fps if len(f) != len(_FP_PREFIX) + 43)
+    if bad or not fps:
+        raise KeyFileError(
+            f"the trusted keys file {path} must list one key fingerprint (SHA256: and 43 "
+            "characters, as `privmob keys init` prints it) per line"
+            + (f"; {len(bad)} line(s) are not one" if bad else "; it lists none")
+        )
+    return fps
 
 
 def _load_shipped_key(folder: Path) -> tuple[Ed25519PublicKey | None, Problem | None]:

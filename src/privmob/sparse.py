@@ -20,6 +20,10 @@ the arithmetic more precision until it does not. The output distribution is ther
 same as noising every key with OpenDP and suppressing (docs/adr/0005, tested in
 tests/statistical/test_sparse.py) — so the privacy guarantee is the same, too.
 
+The bits are only as fair as OpenDP's: 0.12–0.14 never flipped the last bit of a vector
+(opendp/opendp#2707). So privmob requires OpenDP ≥ 0.15 and, the first time a process needs
+bits, checks the source (:func:`check_bit_source`) and refuses to sample from an unfair one.
+
 Classes where clearing τ is common (q_c above :data:`SPARSE_MAX_Q`) and counts ≥ τ are
 noised key by key with :func:`privmob.mechanism.noise_counts`, as before.
 """
@@ -27,17 +31,22 @@ noised key by key with :func:`privmob.mechanism.noise_counts`, as before.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+import itertools
+import math
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
+from privmob.errors import PrivmobError
+
 if TYPE_CHECKING:
     from privmob.mechanism import NoiseModel
 
-__all__ = ["DESCRIPTION", "SPARSE_MAX_Q", "exceed_probability", "noise_and_suppress"]
+__all__ = ["DESCRIPTION", "MIN_OPENDP", "SPARSE_MAX_Q", "BitSourceError", "check_bit_source",
+           "exceed_probability", "noise_and_suppress"]
 
 #: What the manifest says about how public keys were noised.
 DESCRIPTION = (
@@ -133,18 +142,91 @@ def _precision(prec: int) -> Iterator[None]:
         ctx.prec = old
 
 
+#: The oldest OpenDP whose randomized response flips every bit: 0.12–0.14 sample only n − 1
+#: of n bits (opendp/opendp#2707), so the last bit of every vector would stay 0 here.
+MIN_OPENDP = (0, 15)
+#: Vectors drawn by the self-check: every one of a vector's 4096 bit positions must take
+#: both values across them; a fair source fails that with p ≤ 4096·2^(1−48) ≈ 3e-11.
+_CHECK_DRAWS = 48
+#: False-refusal probability of the ones-count check (Hoeffding bound, two-sided).
+_CHECK_ALPHA = 1e-9
+
+
+class BitSourceError(PrivmobError, RuntimeError):
+    """OpenDP's bit source is not fair: sparse sampling would not have its stated law."""
+
+
+def _opendp_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("opendp")
+    except PackageNotFoundError:  # pragma: no cover - imported, so installed
+        return "unknown"
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    parts = []
+    for piece in text.split(".")[:2]:
+        digits = "".join(itertools.takewhile(str.isdigit, piece))
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
+def check_bit_source(draw: Callable[[bytes], bytes], version: str, n_bytes: int) -> None:
+    """Refuse a bit source that is not fair before any key is sampled from it.
+
+    ``draw`` is the randomized response used by :class:`_Bits` (all-zero input, so its
+    output *is* the flips). Refused: an OpenDP older than :data:`MIN_OPENDP`; a bit
+    position (within the vectors) that never changes over :data:`_CHECK_DRAWS` vectors —
+    the signature of OpenDP 0.12–0.14, whose last bit is never flipped; a ones-count
+    outside the Hoeffding band at α = 1e-9. A fair source passes except with p < 1e-9.
+    """
+    fix = "install opendp >= 0.15 (pip install -U 'opendp>=0.15'), as privmob requires"
+    if _version_tuple(version) < MIN_OPENDP:
+        raise BitSourceError(f"OpenDP {version} is too old for exact sparse sampling (its "
+                             f"randomized response leaves one bit per vector unflipped); {fix}")
+    width = 8 * n_bytes
+    seen_one = seen_zero = 0
+    ones = 0
+    for _ in range(_CHECK_DRAWS):
+        out = draw(bytes(n_bytes))
+        word = int.from_bytes(out, "big")
+        if len(out) != n_bytes:
+            raise BitSourceError(f"OpenDP {version} returned {len(out)} bytes for {n_bytes}; {fix}")
+        seen_one |= word
+        seen_zero |= ~word & ((1 << width) - 1)
+        ones += word.bit_count()
+    constant = width - (seen_one & seen_zero).bit_count()
+    if constant:
+        raise BitSourceError(
+            f"OpenDP {version}'s random bits are not fair: {constant} bit position(s) of "
+            f"{width} never changed over {_CHECK_DRAWS} draws; {fix}")
+    n = _CHECK_DRAWS * width
+    band = math.sqrt(n * math.log(2 / _CHECK_ALPHA) / 2)
+    if abs(ones - n / 2) > band:
+        raise BitSourceError(
+            f"OpenDP {version}'s random bits are not fair: {ones} ones in {n} bits; {fix}")
+
+
+_CHECKED: dict[str, bool] = {}
+
+
 class _Bits:
     """Uniform random bits from OpenDP: randomized response with f = 1 flips each bit of
-    the input with probability exactly 1/2 (OpenDP's exact Bernoulli sampler)."""
+    the input with probability exactly 1/2 (OpenDP's exact Bernoulli sampler).
+
+    The first source made in a process is checked (:func:`check_bit_source`) before any
+    bit of it is used; the result is kept for the process.
+    """
 
     _BYTES = 512
 
     def __init__(self) -> None:
-        from privmob.mechanism import _dp
-
-        dp = _dp()
-        self._meas = dp.m.make_randomized_response_bitvec(
-            dp.bitvector_domain(max_weight=1), dp.discrete_distance(), f=1.0)
+        self._meas = _bit_source()
+        if not _CHECKED.get("ok"):
+            check_bit_source(self._meas, _opendp_version(), self._BYTES)
+            _CHECKED["ok"] = True
         self._pool = 0
         self._have = 0
 
@@ -157,6 +239,16 @@ class _Bits:
         out = self._pool >> self._have
         self._pool &= (1 << self._have) - 1
         return out
+
+
+def _bit_source() -> Callable[[bytes], bytes]:
+    """OpenDP's randomized response on a bit vector with f = 1: each bit flips w.p. 1/2."""
+    from privmob.mechanism import _dp
+
+    dp = _dp()
+    meas: Callable[[bytes], bytes] = dp.m.make_randomized_response_bitvec(
+        dp.bitvector_domain(max_weight=1), dp.discrete_distance(), f=1.0)
+    return meas
 
 
 class _Uniform:
@@ -185,8 +277,12 @@ class _TailSampler:
         if model.mechanism not in ("laplace", "gaussian"):  # pragma: no cover - config validates
             raise ValueError(f"no exact tail for mechanism {model.mechanism!r}")
         self.model = model
-        self.bits = _Bits()
         self._tails: dict[int, dict[int, Any]] = {}  # prec → t → Σ_{z≥t} w_z
+
+    @functools.cached_property
+    def bits(self) -> _Bits:
+        """The bit source, made (and so checked) only when a draw first needs it."""
+        return _Bits()
 
     # P(Z ≥ t), t ≥ 1, as a rigorous ball ---------------------------------------------------
     @functools.cache  # noqa: B019 - one sampler per release, few (t, prec)

@@ -5,7 +5,7 @@ Each malformed input ends in one of two ways, and nothing else:
 * refused: exit 2, exactly one ``error:`` line on stderr (no traceback, no internal
   error), no release folder (not even a hidden partial one), no charge left standing in
   the ledger (none, or cancelled), a ``failed`` entry in the audit log;
-* quarantined: exit 0, and the manifest's ``rows_bad`` (or ``rows_out_of_period`` /
+* quarantined: exit 0, and the operator record's ``rows_bad`` (or ``rows_out_of_period`` /
   ``rows_outside_boundary``) counts every bad row under the reason it failed.
 
 In both cases no raw identifier from the input (every person id in the corpus starts
@@ -36,6 +36,7 @@ from privmob.cli import main
 from privmob.ingest import BAD_REASONS
 from privmob.ledger import Ledger
 from privmob.pseudonymise import Pseudonymiser
+from privmob.release import read_operator_record
 from tests.conftest import SAMPLES, TEST_KEY
 
 CORPUS = Path(__file__).resolve().parents[1] / "corpus"
@@ -80,6 +81,10 @@ class Run:
     def manifest(self) -> dict[str, Any]:
         data: dict[str, Any] = json.loads((self.release_dir / "manifest.json").read_text())
         return data
+
+    def operator_record(self) -> dict[str, Any]:
+        """The run's exact figures, kept beside the ledger (never in the release folder)."""
+        return read_operator_record(self.tmp / "state" / "records" / f"{self.manifest()['release_id']}.json")
 
     def error_lines(self) -> list[str]:
         return [line for line in self.err.splitlines() if line.startswith("error:")]
@@ -172,18 +177,22 @@ def assert_refused(run: Run, *mentions: str) -> None:
 
 
 def assert_released(run: Run) -> dict[str, Any]:
-    """Exit 0, one committed charge, a release and no raw values anywhere; the manifest."""
+    """Exit 0, one committed charge, a release and no raw values anywhere; the operator
+    record (the exact row and person counts are no longer in the manifest)."""
     assert "Traceback" not in run.err and run.error_lines() == [], run.err
     assert run.code == 0, run.err
     assert [c["state"] for c in run.charges()] == ["committed"]
-    assert [e["event"] for e in run.events()] == ["released"]
+    # the ledger's own bookkeeping events (creation, dataset declared) are not the run's
+    outcomes = [e["event"] for e in run.events() if e["event"] in ("released", "failed", "refused")]
+    assert outcomes == ["released"]
     assert_no_raw_values(run)
-    manifest = run.manifest()
-    counted = (sum(manifest["rows_bad"].values()) + manifest["rows_out_of_scope"]
-               + manifest["rows_out_of_period"] + manifest["rows_outside_boundary"]
-               + manifest["rows_used"])
-    assert counted == manifest["rows_in"], "a row was lost without being counted"
-    return manifest
+    assert "rows_in" not in run.manifest()
+    record = run.operator_record()
+    counted = (sum(record["rows_bad"].values()) + record["rows_out_of_scope"]
+               + record["rows_out_of_period"] + record["rows_outside_boundary"]
+               + record["rows_used"])
+    assert counted == record["rows_in"], "a row was lost without being counted"
+    return record
 
 
 # --- inputs that must be refused -------------------------------------------------------
@@ -194,17 +203,21 @@ REFUSED: dict[str, tuple[str, ...]] = {
     # day would tell the analyst nobody moved, and spend budget for it.
     "header_only.csv": (),
     "missing_column.csv": ("'lng'", "missing"),
-    "renamed_columns.csv": ("'latitude' → 'lat'", "'id' → 'person_id'"),
+    # header `id,time,latitude,longitude,category`: hinted by position, never echoed
+    "renamed_columns.csv": ("column 3 → 'lat'", "column 1 → 'person_id'"),
     # No header line: the first data row (with a raw person id) is taken as the header.
     "no_header.csv": ("missing",),
     # Two `lat` columns: which one is the position is a guess; never guess silently.
-    "duplicated_columns.csv": ("lat",),
+    "duplicated_columns.csv": ("'lat' at columns",),
     # An opening quote that never closes swallows the rest of the file.
     "unbalanced_quote.csv": (),
     "ragged_rows.csv": (),
     "truncated.parquet": ("cannot be read",),
     "magic_only.parquet": ("cannot be read",),
     "truncated.csv.gz": ("cannot be read",),
+    # Whole rows, only the gzip trailer cut: the header reads fine and the stream fails
+    # late, inside Polars' streaming scan (an OSError, once exit 4).
+    "truncated_trailer.csv.gz": ("cannot be read",),
     "not_a_parquet.parquet": ("not a Parquet file",),
     "wrong_type_ts.parquet": ("'ts'",),
     "wrong_type_lat.parquet": ("'lat'",),
@@ -286,7 +299,9 @@ def test_bad_rows_fail_the_run_when_the_job_says_so(
 def test_extra_columns_are_dropped_unread(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     m = assert_released(run_input(tmp_path, "extra_columns.csv", capsys))
     assert (m["rows_in"], m["rows_used"], m["persons"], m["rows_bad"]) == (6, 6, 6, {})
-    assert {"name", "phone"} <= set(m["identifier_columns_dropped"])
+    # name (column 6) and phone (column 7) by their headers; the header text is not kept
+    assert {(6, "name"), (7, "phone")} <= {(d["position"], d["kind"])
+                                          for d in m["identifier_columns_dropped"]}
 
 
 def test_embedded_newlines_are_one_record_each(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -460,6 +475,32 @@ def test_a_boundary_that_is_not_a_polygon_is_refused_before_anything_is_charged(
     assert run.charges() == []  # the plan fails before the ledger is touched
 
 
+def test_a_self_intersecting_boundary_is_repaired_not_a_crash(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bow-tie ring overlapping a square: merging them unrepaired was a GEOS crash (exit 4)."""
+    shutil.copy(CORPUS / "extra_columns.csv", tmp_path / "pings.csv")
+    job = Job(tmp_path, boundary=CORPUS / "boundary_bowtie.geojson").write()
+    run = run_cli(tmp_path, ["run", str(job)], capsys)
+    assert "Traceback" not in run.err and "internal error" not in run.err, run.err
+    assert run.code == 0, run.err
+    assert run.release_dir.is_dir()
+
+
+def test_a_boundary_too_fine_for_its_resolution_is_refused_in_seconds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Beijing at res 13 is ~370 million cells: refused from an estimate, not computed."""
+    shutil.copy(CORPUS / "extra_columns.csv", tmp_path / "pings.csv")
+    job = Job(tmp_path, boundary=BEIJING).write()
+    job.write_text(job.read_text(encoding="utf-8").replace("resolution = 6", "resolution = 13"),
+                   encoding="utf-8")
+    start = time.monotonic()
+    run = run_cli(tmp_path, ["run", str(job)], capsys)
+    assert time.monotonic() - start < 30
+    assert_refused(run, "resolution 13", "H3 cells", "resolution = 10 or coarser")
+
+
 # --- job files with mistakes -----------------------------------------------------------
 
 BAD_JOBS = {
@@ -531,5 +572,5 @@ def test_corpus_is_small_and_documented() -> None:
     assert undocumented == []
     tested = {*REFUSED, *QUARANTINED, *BAD_BOUNDARIES, *BAD_JOBS, "job_valid.toml", "extra_columns.csv",
               "embedded_newlines.csv", "bom_header.csv", "duplicated_rows.csv",
-              "boundary_square_35N_51E.geojson", "job_tiny_epsilon.toml"}
+              "boundary_square_35N_51E.geojson", "job_tiny_epsilon.toml", "boundary_bowtie.geojson"}
     assert sorted(set(files) - tested - {"README.md"}) == []

@@ -14,15 +14,20 @@ import polars as pl
 import pytest
 
 from privmob.cli import main
-from privmob.release import RELEASE_FILES
+from privmob.release import RELEASE_FILES, read_operator_record
 from tests.conftest import SAMPLES, TEST_KEY
 
 MANIFEST_KEYS = {
-    "privmob_version", "created_at", "purpose", "operator", "input_sha256", "rows_in",
-    "rows_bad", "rows_out_of_scope", "persons", "resolution", "window", "timezone",
+    "privmob_version", "created_at", "purpose", "operator", "privacy_unit", "resolution",
+    "window", "timezone",
     "max_cells_per_window", "max_windows", "mechanism", "epsilon", "delta", "rho",
     "noise_scale", "keys", "min_count", "cells_released", "cells_suppressed", "stages",
 }
+
+
+def operator_record(tmp_path: Path, manifest: dict[str, object]) -> dict[str, object]:
+    """The run's exact figures, kept beside the job's ledger (never in the release)."""
+    return read_operator_record(tmp_path / "state" / "records" / f"{manifest['release_id']}.json")
 
 
 def write_job(tmp_path: Path, *, input_name: str = "beijing_pings.parquet",
@@ -98,7 +103,8 @@ def test_run_releases_once_and_refuses_a_second_release(tmp_path: Path,
     assert manifest["release_threshold"] >= manifest["min_count"] == 10
     assert manifest["operator"] == "cdc-analyst-01"
     rows = pl.scan_parquet(SAMPLES / "beijing_pings.parquet").select(pl.len()).collect().item()
-    assert manifest["rows_in"] == rows
+    assert "rows_in" not in manifest and "persons" not in manifest
+    assert operator_record(tmp_path, manifest)["rows_in"] == rows
     before = (out / "release.csv").read_bytes()
     capsys.readouterr()
     assert main(["run", str(job)]) == 2
@@ -109,15 +115,21 @@ def test_run_releases_once_and_refuses_a_second_release(tmp_path: Path,
     assert (out / "release.csv").read_bytes() == before
 
 
-def test_period_option_overrides_the_job_file(tmp_path: Path) -> None:
-    job = write_job(tmp_path)
+def test_period_option_overrides_the_job_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # The sample covers 2026-11-26 only: on 2026-11-27 no row is usable, and a release of
+    # pure noise is refused (exit 2, nothing written) unless the job allows it.
+    assert main(["run", str(write_job(tmp_path)), "--period", "2026-11-27"]) == 2
+    assert "no usable rows" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "2026-11-27").exists()
+    job = write_job(tmp_path, extra_job="allow_empty = true")
     assert main(["run", str(job), "--period", "2026-11-27"]) == 0
     manifest = json.loads((tmp_path / "out" / "2026-11-27" / "manifest.json").read_text())
     # The sample covers 2026-11-26 only: every in-scope row is outside the period, and the
     # release is a valid, complete one holding at most noise-only (spurious) cells: expected
     # n_keys × spurious_rate ≈ 0.6 of them, so more than 6 happens with p < 1e-5.
-    assert manifest["rows_out_of_period"] == manifest["rows_in"] - manifest["rows_out_of_scope"]
-    assert manifest["persons"] == 0
+    record = operator_record(tmp_path, manifest)
+    assert record["rows_out_of_period"] == record["rows_in"] - record["rows_out_of_scope"]
+    assert record["persons"] == 0
     assert manifest["n_keys"] * manifest["spurious_rate"] < 1
     assert manifest["cells_released"] <= 6
 
@@ -157,14 +169,17 @@ def test_bad_rows_quarantine_mode_counts_and_sets_aside(tmp_path: Path) -> None:
                     extra_job='quarantine = "private/quarantine.parquet"')
     assert main(["run", str(job)]) == 0
     manifest = json.loads((tmp_path / "out" / "2026-11-26" / "manifest.json").read_text())
-    assert sum(manifest["rows_bad"].values()) > 0
-    assert "lat_out_of_range" in manifest["rows_bad"]
+    assert "rows_bad" not in manifest
+    bad = operator_record(tmp_path, manifest)["rows_bad"]
+    assert isinstance(bad, dict)
+    assert sum(bad.values()) > 0
+    assert "lat_out_of_range" in bad
     quarantine = tmp_path / "private" / "quarantine.parquet"
     assert stat.S_IMODE(quarantine.stat().st_mode) == 0o600
     rows = pl.read_parquet(quarantine)
-    assert rows.height == sum(manifest["rows_bad"].values())
+    assert rows.height == sum(bad.values())
     assert "person_id" not in rows.columns and "person_pseudonym" in rows.columns
-    assert set(rows["reason"].unique()) == set(manifest["rows_bad"])
+    assert set(rows["reason"].unique()) == set(bad)
 
 
 def test_no_secret_in_any_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

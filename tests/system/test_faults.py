@@ -318,7 +318,9 @@ def test_two_schedulers_firing_the_same_job_file_release_once(tmp_path: Path, pi
     assert [e.name for e in s.leftovers()] == [PERIOD]
     assert s.verify(s.target) == 0
     events = s.audit.entries()
-    assert sorted(e["event"] for e in events) == ["refused", "released"]
+    # (the ledger's own bookkeeping — created, declared, reserved — is logged too)
+    assert sorted(e["event"] for e in events if e["event"] in ("refused", "released")) == [
+        "refused", "released"]
     assert s.audit.verify() == []
     manifest = json.loads((s.target / "manifest.json").read_text())
     assert manifest["release_id"] == next(e for e in events if e["event"] == "released")["release_id"]

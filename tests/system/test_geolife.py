@@ -32,17 +32,17 @@ def geolife_config(**privacy: object) -> pm.JobConfig:
 def test_release_on_geolife_keeps_invariants(traces: pl.DataFrame, key_env: str) -> None:
     cfg = geolife_config()
     release = pm.plan(cfg).release(traces)
-    m = release.manifest
-    assert m["rows_in"] == GEOLIFE_ROWS
-    assert m["rows_bad"] == {}  # the source dropped the lat 400.17 fix already
-    assert m["rows_out_of_scope"] == 0
-    assert 5 <= m["persons"] <= 28
+    m, op = release.manifest, release.operator_record
+    assert op["rows_in"] == GEOLIFE_ROWS
+    assert op["rows_bad"] == {}  # the source dropped the lat 400.17 fix already
+    assert op["rows_out_of_scope"] == 0
+    assert 5 <= op["persons"] <= 28
     assert m["keys"] == "threshold" and m["threshold"]["delta"] <= cfg.privacy.delta
     assert release.table.is_empty() or release.table["count"].min() >= m["release_threshold"]
     # Dense GPS: a person touches several res-8 cells an hour, so bounding to one cell per
     # window drops most person-cell-windows; keeping the cell of longest dwell keeps far more
     # of the time spent than a random one-cell-per-hour choice would.
-    b = m["bounding"]
+    b = op["bounding"]
     assert b["person_cell_windows_dropped_share"] > 0.5
     assert b["dwell_minutes_kept_share"] > 1.2 * random_choice_share(traces, cfg)
 

@@ -8,6 +8,7 @@ never download a browser. Screenshots go to ``test-artifacts/html-report-*.png``
 from __future__ import annotations
 
 import datetime as dt
+import html
 import json
 import os
 import re
@@ -22,6 +23,7 @@ import pytest
 
 from privmob.cli import main
 from privmob.errors import InputError
+from privmob.intervals import SELECTION_NOTE
 from privmob.release import ReleasedTable
 from privmob.report.html import CSP, html_report, write_html_report
 from tests.conftest import REPO, SAMPLES
@@ -152,7 +154,9 @@ def test_page_embeds_every_released_cell_with_its_interval(page_text: str, relea
         if isinstance(values, int):  # the interval is count ± half-width, clipped at 0
             half = data["halfwidth"]
             values = [values, max(values - half, 0), values + half]
-        assert values == [row["count"], row["ci_low"], row["ci_high"]]
+        # a fourth element 1 marks a count near the threshold (selection-aware interval)
+        assert values[:3] == [row["count"], row["ci_low"], row["ci_high"]]
+        assert (len(values) == 4 and values[3] == 1) == row["near_threshold"]
         seen += 1
     assert seen == released.table.height == sum(len(w["values"]) for w in data["windows"])
     # Public keys + boundary: every key cell is there to be drawn as withheld.
@@ -186,7 +190,39 @@ def test_page_shows_marking_fingerprint_manifest_and_note(page_text: str, releas
     # The exact input statistics are for the operator only; they must not reach the page.
     for field in ("rows_in", "rows_used", "persons", "person_cell_windows", "timings_s"):
         assert f'"{field}"' not in page_text
-    assert f"{m['rows_in']:,}" not in page_text and str(m["rows_in"]) not in page_text
+    assert "rows_in" not in m and "persons" not in m  # not in the release at all (issue 11)
+    # A manifest of an older release that still carries exact figures: the page drops them.
+    old = {**m, "rows_in": 987_654, "persons": 45_678, "input_sha256": "feedc0de" * 8,
+           "identifier_columns_dropped": ["13812345678"],
+           "pseudonymisation": {**m["pseudonymisation"], "key_id": "0badc0ffee0ddf00"}}
+    page = html_report(ReleasedTable(table=released.table, manifest=old))
+    for leaked in ("987,654", "987654", "45,678", "45678", "feedc0de", "13812345678", "0badc0ffee0ddf00"):
+        assert leaked not in page
+
+
+def test_page_says_near_threshold_counts_are_biased_upward(page_text: str, released: ReleasedTable) -> None:
+    zh, en = SELECTION_NOTE
+    m = released.manifest
+    limit = m["release_threshold"] + m["ci95_halfwidth"]
+    assert page_text.count(html.escape(en)) >= 2 and page_text.count(html.escape(zh)) >= 2  # legend + note
+    assert f"near threshold (count &lt; {limit}): biased upward; its interval is selection-aware" in page_text
+    assert "selection-aware (95% given that the count was published" in page_text  # manifest section
+    assert 'id="selection-note"' in page_text
+    # the demo publishes near-threshold cells, and the page marks exactly those
+    data = embedded_data(page_text)
+    near = sum(1 for w in data["windows"] for v in w["values"].values()
+               if isinstance(v, list) and len(v) == 4)
+    assert near == released.table["near_threshold"].sum() > 0
+
+
+def test_near_flags_of_a_release_without_the_column_follow_the_manifest(released: ReleasedTable) -> None:
+    m = released.manifest
+    legacy = ReleasedTable(table=released.table.drop("near_threshold"), manifest=m)
+    data = embedded_data(html_report(legacy))
+    near = sum(1 for w in data["windows"] for v in w["values"].values()
+               if isinstance(v, list) and len(v) == 4)
+    limit = m["release_threshold"] + m["ci95_halfwidth"]
+    assert near == released.table.filter(pl.col("count") < limit).height
 
 
 def test_unsigned_release_without_boundary_says_so(released: ReleasedTable) -> None:
@@ -340,8 +376,18 @@ def test_report_renders_in_headless_chromium(
     tip = page.inner_text("#tooltip")
     assert page.is_visible("#tooltip")
     assert f"{count} persons" in tip and "95% interval" in tip
-    assert f"± {released.manifest['ci95_halfwidth']}" in tip
+    limit = released.manifest["release_threshold"] + released.manifest["ci95_halfwidth"]
+    if count < limit:  # near the threshold: flagged, with its selection-aware interval
+        assert "near threshold" in tip and "biased upward" in tip and "selection-aware" in tip
+    else:
+        assert f"± {released.manifest['ci95_halfwidth']}" in tip and "near threshold" not in tip
     assert page.inner_text("#window-label") in tip
+    # Near-threshold hexagons are drawn with a dashed dark outline, and only they.
+    drawn = page.eval_on_selector_all(
+        "#layer-released path[data-count]",
+        "els => els.map(e => [+e.getAttribute('data-count'), getComputedStyle(e).strokeDasharray])")
+    assert drawn and all((dash not in ("", "none")) == (n < limit) for n, dash in drawn)
+    assert page.is_visible("#selection-note") and "biased upward" in page.inner_text("#selection-note")
     page.screenshot(path=str(ARTIFACTS / "html-report-busiest.png"))
 
     # A withheld cell says so (not zero): with public keys every key cell was noised.

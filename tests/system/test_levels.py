@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 
 import privmob as pm
-from tests.conftest import SAMPLES, config
+from tests.conftest import SAMPLES, config, fresh_ledger
 
 
 def levels_config(**grid: object) -> pm.JobConfig:
@@ -53,3 +53,99 @@ def test_coarser_levels_publish_more_of_a_sparse_day(key_env: str) -> None:
 def test_parent_resolutions_must_be_coarser(bad: object) -> None:
     with pytest.raises(pm.ConfigError, match="parent_resolutions"):
         levels_config(parent_resolutions=bad)
+
+
+# --- sensitivity of the levels: distinct persons, never summed children (issue 11) --------
+
+K, W = 4, 2  # cells per window, windows per person
+
+
+def _neighbours() -> tuple[pl.DataFrame, pl.DataFrame]:
+    """D and D without one person who keeps K res-8 cells under one res-7 parent in each of
+    W windows (a bus ride inside one district): the worst case for summed child counts."""
+    from tests.conftest import PERIOD_START, pings
+
+    parent = h3.latlng_to_cell(39.9087, 116.3975, 6)
+    children = [c for c in sorted(h3.cell_to_children(parent, 8))
+                if h3.cell_to_parent(c, 7) == h3.cell_to_parent(sorted(h3.cell_to_children(parent, 8))[0], 7)]
+    assert len(children) >= K
+    rows = []
+    for w in range(W):
+        for i, cell in enumerate(children[:K]):
+            lat, lng = h3.cell_to_latlng(cell)
+            rows += [("target", PERIOD_START + w * 3600 + 60 * (10 * i + m), lat, lng, "confirmed")
+                     for m in range(5)]
+    lat, lng = h3.cell_to_latlng(children[0])
+    others = [(f"p{p}", PERIOD_START + 60 * p, lat, lng, "confirmed") for p in range(3)]
+    return pings(rows + others), pings(others)
+
+
+def _level_config(mechanism: str) -> pm.JobConfig:
+    return config(grid={"resolution": 8, "window": "1h", "parent_resolutions": [7, 6],
+                        "parent_epsilon": 0.5},
+                  privacy={"mechanism": mechanism, "max_cells_per_window": K, "max_windows": W})
+
+
+def _distance(a: pl.DataFrame, b: pl.DataFrame) -> tuple[int, int, float, int]:
+    """(L0, L1, L2, L∞) between two exact count tables over their (cell, window) keys."""
+    joined = a.join(b, on=["cell", "window"], how="full", coalesce=True).fill_null(0)
+    diff = (joined["count"] - joined["count_right"]).abs()
+    return (int((diff > 0).sum()), int(diff.sum()), float((diff**2).sum()) ** 0.5,
+            int(diff.max() or 0))
+
+
+def test_engine_levels_count_distinct_persons_per_parent() -> None:
+    from privmob.backends import get_backend
+    from privmob.pseudonymise import Pseudonymiser
+    from tests.conftest import TEST_KEY
+
+    d, d_minus = _neighbours()
+    cfg = _level_config("laplace")
+    pseudonymiser = Pseudonymiser(TEST_KEY.encode(), "p")
+    full = get_backend("polars").exact_cells(d, cfg, pseudonymiser, None)
+    less = get_backend("polars").exact_cells(d_minus, cfg, pseudonymiser, None)
+    assert sorted(full.levels) == [6, 7]
+    for res in (7, 6):
+        level = full.levels[res]
+        assert level.schema == full.counts.schema
+        assert all(h3.get_resolution(h3.int_to_str(c)) == res for c in level["cell"].to_list())
+        # window 0: the target and the three others, once each, in their one parent
+        assert level.filter(pl.col("window") == 0)["count"].to_list() == [4]
+        l0, l1, _, linf = _distance(level, less.levels[res])
+        assert (l0, l1, linf) == (W, W, 1)
+
+
+@pytest.mark.parametrize("mechanism", ["laplace", "gaussian"])
+def test_a_person_moves_each_level_key_by_at_most_one(
+        key_env: str, monkeypatch: pytest.MonkeyPatch, mechanism: str) -> None:
+    """Neighbouring inputs (D, D minus one person) move the level tables the plan noises by
+    no more than the sensitivity the plan calibrated them for: L∞ 1 (OpenDP's threshold map
+    takes (L0, L1, 1)), L1 and L0 ≤ k·w, L2 ≤ √(k·w) — and so, by OpenDP's own privacy map
+    at the observed distance, the level costs no more than it claims. Summing child counts
+    moved one parent key by k = 4 here: L∞ 4, L2 4·√2, so 4× the claimed ρ for Gaussian noise."""
+    from privmob.plan import Plan
+
+    seen: dict[int, list[pl.DataFrame]] = {7: [], 6: []}
+    noise = Plan._noise
+
+    def spy(self: Plan, counts: pl.DataFrame, *, level: int | None = None) -> object:
+        if level is not None:
+            seen[level].append(counts)
+        return noise(self, counts, level=level)
+
+    monkeypatch.setattr(Plan, "_noise", spy)
+    plan = pm.plan(_level_config(mechanism))
+    d, d_minus = _neighbours()
+    for data in (d, d_minus):
+        with fresh_ledger():  # each a first release of its own population
+            plan.release(data)
+    s = plan.sensitivity
+    assert (s.l0, s.l1) == (K * W, K * W)
+    for res in (7, 6):
+        full, less = seen[res]
+        l0, l1, l2, linf = _distance(full, less)
+        assert linf <= 1, f"res {res}: one person moved a key by {linf}"
+        assert l0 <= s.l0 and l1 <= s.l1 and l2 <= s.l2 + 1e-12
+        if mechanism == "gaussian":
+            spent = float(plan.level_noise.measurement().map(l2))
+            assert spent <= float(plan.level_costs[res].rho or 0) * (1 + 1e-9)

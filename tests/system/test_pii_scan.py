@@ -42,7 +42,7 @@ def test_identifier_in_a_kept_column_fails_without_echoing_it(key_env: str, tmp_
     assert not (tmp_path / "out").exists()
 
 
-def test_dropped_identifier_columns_are_named_in_the_manifest(key_env: str) -> None:
+def test_dropped_identifier_columns_are_listed_by_position_for_the_operator(key_env: str) -> None:
     ids = [resident_id("110105", "19900307", f"{i:03d}") for i in range(40)]
     df = frame(
         姓名=[f"某{i}" for i in range(40)],          # an identifier by its name
@@ -51,13 +51,20 @@ def test_dropped_identifier_columns_are_named_in_the_manifest(key_env: str) -> N
         shoe_size=[str(40 + i % 5) for i in range(40)],  # neither
     )
     release = pm.plan(config(grid={"resolution": 7})).release(df)
-    assert release.manifest["identifier_columns_dropped"] == ["card", "note", "姓名"]
-    text = repr(release.manifest)
+    # Columns 6–8 (1-based); the header text is never kept, a header can be data.
+    assert release.operator_record["identifier_columns_dropped"] == [
+        {"position": 6, "kind": "name", "found_by": "header"},
+        {"position": 7, "kind": "email", "found_by": "values", "rows": 10},
+        {"position": 8, "kind": "resident_id", "found_by": "values", "rows": 40},
+    ]
+    assert "identifier_columns_dropped" not in release.manifest
+    text = repr(release.manifest) + repr(dict(release.operator_record))
     assert "example.com" not in text and ids[0] not in text
+    assert "姓名" not in text and "'card'" not in text and "example" not in text
     assert "pii-scan" in release.manifest["stages"]
 
 
 def test_clean_input_names_nothing(key_env: str) -> None:
     release = pm.plan(config(grid={"resolution": 7})).release(frame(extra_col=["a"] * 40))
-    assert release.manifest["identifier_columns_dropped"] == []
-    assert TEST_KEY not in repr(release.manifest)
+    assert release.operator_record["identifier_columns_dropped"] == []
+    assert TEST_KEY not in repr(release.manifest) + repr(dict(release.operator_record))

@@ -85,3 +85,44 @@ def test_garbage_line_is_reported_and_appends_continue(tmp_path: Path) -> None:
 
     assert entry["prev_sha256"] == hashlib.sha256(b"this is not json").hexdigest()
     assert {p.kind for p in log.verify()} == {"bad_json"}
+
+
+def test_a_log_one_entry_past_its_anchor_is_intact_but_a_rewritten_one_is_not(tmp_path: Path) -> None:
+    """A run that died between writing its entry and moving the anchor leaves the log one
+    entry ahead: that is not tampering. A recomputed chain is, even when it is longer."""
+    from privmob.audit import _digest
+
+    log, path = filled(tmp_path)
+    ledger = Ledger(tmp_path / "l.sqlite")
+    head = ledger.get_meta("audit_head")
+    AuditLog(path).append("released", release_id="r5")  # no anchor: the anchor stays behind
+    assert log.verify() == []
+    # Rewrite entry 2 and recompute every hash after it: the chain is consistent again,
+    # but the anchored entry's hash is not the one the ledger holds.
+    entries = [json.loads(x) for x in path.read_text().splitlines()]
+    entries[1]["cells_released"] = 999
+    prev = entries[0]["sha256"]
+    for e in entries[1:]:
+        e["prev_sha256"] = prev
+        e["sha256"] = prev = _digest(e)
+    path.write_text("".join(json.dumps(e, sort_keys=True) + "\n" for e in entries))
+    assert ledger.get_meta("audit_head") == head
+    assert kinds(log) == {"rewritten"}
+
+
+def test_verify_reads_the_log_and_its_anchor_under_the_append_lock(tmp_path: Path) -> None:
+    """Concurrent appends never make a reader see half an entry or a stale anchor."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    log, _ = filled(tmp_path, 1)
+
+    def append(i: int) -> None:
+        log.append("released", release_id=f"c{i}")
+
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(append, i) for i in range(40)]
+        seen = [log.verify() for _ in range(40)]
+        for f in futures:
+            f.result()
+    assert all(p == [] for p in seen)
+    assert log.verify() == [] and len(log.entries()) == 41

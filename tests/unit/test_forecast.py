@@ -7,14 +7,17 @@ import datetime as dt
 import inspect
 import statistics
 import sys
+from fractions import Fraction
 
 import h3
 import numpy as np
 import polars as pl
 import pytest
 
+from privmob.accountant import PrivacyCost
 from privmob.errors import ConfigError, InputError
 from privmob.forecast import Forecast, forecast
+from privmob.mechanism import NoiseModel, Sensitivity
 from privmob.release import ReleasedTable, build_table
 
 SHANGHAI = dt.timezone(dt.timedelta(hours=8))
@@ -37,7 +40,8 @@ def day_release(day: int, counts: dict[str, list[int]], *, threshold: int = 20,
     start = DAY0 + dt.timedelta(days=day)
     table = build_table(np.array(cells, dtype=np.uint64), np.array(windows, dtype=np.int32),
                         np.array(noisy, dtype=np.int64), period_start=start,
-                        window_seconds=3600, ci_halfwidth=10)
+                        window_seconds=3600, threshold=threshold,
+                        noise=NoiseModel("gaussian", noise_std, Sensitivity(1, 1), PrivacyCost(Fraction(1))))
     manifest = {"release_id": f"rel-{day}", "window": "1h", "windows": 24,
                 "period_start": start.isoformat(), "noise_std": noise_std,
                 "release_threshold": threshold, "min_count": 10, "resolution": 7,

@@ -32,7 +32,7 @@ import privmob as pm
 from privmob import config as config_module
 from privmob.ingest import REQUIRED_COLUMNS
 from privmob.mechanism import rho_to_epsilon
-from tests.conftest import PERIOD, PERIOD_START, TEST_KEY
+from tests.conftest import PERIOD, PERIOD_START, TEST_KEY, fresh_ledger
 
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -70,7 +70,8 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def make_plan(workdir: Path, **privacy: Any) -> pm.Plan:
     """A job with threshold keys and bounds small enough that a few persons get released."""
     return pm.plan(pm.JobConfig.from_dict({
-        "job": {"operator": "fuzz", "period": PERIOD.isoformat(), "key_file": str(workdir / "pseudonym.key")},
+        "job": {"operator": "fuzz", "period": PERIOD.isoformat(), "key_file": str(workdir / "pseudonym.key"),
+                "allow_empty": True},  # generated inputs may hold no usable row: still a release
         "grid": {"resolution": 5, "window": "1h"},
         "privacy": {"mechanism": "laplace", "epsilon": 20.0, "max_windows": 1, "min_count": 1,
                     "max_spurious_rate": 0.5, **privacy},
@@ -85,26 +86,30 @@ def plan(workdir: Path) -> pm.Plan:
 def check_release(released: pm.ReleasedTable, plan: pm.Plan) -> None:
     """What every release must satisfy, whatever went in."""
     table, m = released.table, released.manifest
-    assert table.columns == ["cell", "window_start", "count", "ci_low", "ci_high"]
+    assert table.columns == ["cell", "window_start", "count", "ci_low", "ci_high", "near_threshold"]
     if table.height:
         assert table["count"].min() >= max(plan.release_threshold, m["release_threshold"])
-        assert (table["ci_low"] <= table["count"]).all() and (table["count"] <= table["ci_high"]).all()
+        # selection-aware: ci_low ≤ count always; ci_high may lie below a count near τ
+        assert (table["ci_low"] <= table["count"]).all() and (table["ci_low"] <= table["ci_high"]).all()
         assert table["ci_low"].min() >= 0  # type: ignore[operator]
         assert table.select("cell", "window_start").is_unique().all()
         starts = table["window_start"].dt.epoch("s")
         assert starts.min() >= PERIOD_START and starts.max() < PERIOD_END  # type: ignore[operator]
         for cell in table["cell"].unique().to_list():
             assert h3.is_valid_cell(cell) and h3.get_resolution(cell) == plan.config.grid.resolution
-    counted = (sum(m["rows_bad"].values()) + m["rows_out_of_scope"] + m["rows_out_of_period"]
-               + m["rows_outside_boundary"] + m["rows_used"])
-    assert counted == m["rows_in"]
+    op = released.operator_record  # exact figures: the operator's, not the manifest's
+    counted = (sum(op["rows_bad"].values()) + op["rows_out_of_scope"] + op["rows_out_of_period"]
+               + op["rows_outside_boundary"] + op["rows_used"])
+    assert counted == op["rows_in"]
+    assert "rows_in" not in m and "persons" not in m
     assert m["cells_released"] == table.height
 
 
 def release_or_refuse(plan: pm.Plan, path: Path) -> pm.ReleasedTable | None:
     """Release ``path`` under ``plan``; a PrivmobError is an acceptable outcome, nothing else is."""
     try:
-        released = plan.release(pm.read_pings(path))
+        with fresh_ledger(epsilon_per_day=100):  # each input its own budget: ε 20 per release
+            released = plan.release(pm.read_pings(path))
     except pm.PrivmobError as exc:
         message = str(exc)
     else:
@@ -373,9 +378,10 @@ def odd_frames(draw: st.DrawFn) -> pl.DataFrame:
 @settings(FUZZ, max_examples=120)
 @given(frame=odd_frames())
 def test_odd_but_valid_pings_release_and_keep_the_invariants(plan: pm.Plan, frame: pl.DataFrame) -> None:
-    released = plan.release(pm.read_pings(frame))
+    with fresh_ledger(epsilon_per_day=100):  # each example its own budget
+        released = plan.release(pm.read_pings(frame))
     check_release(released, plan)
-    m = released.manifest
+    m = released.operator_record
     t = frame["ts"]
     if t.dtype == pl.String:
         t = t.str.to_datetime("%Y-%m-%dT%H:%M:%S%:z")
@@ -390,7 +396,7 @@ def test_odd_but_valid_pings_release_and_keep_the_invariants(plan: pm.Plan, fram
     # No odd id (non-ASCII or long; plain words may equal a group or mechanism name by
     # chance) travels into what is released, as a key or a value.
     ids = {i for i in frame["person_id"].to_list() if not i.isascii() or len(i) > 32}
-    assert not ids & _strings(dict(m)), "a raw id in the manifest"
+    assert not ids & (_strings(dict(released.manifest)) | _strings(dict(m))), "a raw id in the manifest"
     assert not ids & set(released.table["cell"].to_list())
 
 

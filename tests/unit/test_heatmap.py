@@ -23,6 +23,7 @@ import privmob.report as report
 from privmob.cli import main
 from privmob.config import DEFAULT_MARKING
 from privmob.errors import InputError
+from privmob.intervals import SELECTION_NOTE
 from privmob.release import ReleasedTable
 from privmob.report import fonts
 from tests.conftest import SAMPLES
@@ -212,8 +213,81 @@ def test_legend_says_withheld_is_not_zero(single: report.Heatmap, manifest: dict
 def test_colour_bar_is_labelled_with_the_interval(single: report.Heatmap, manifest: dict[str, Any]) -> None:
     (bar,) = [ax for ax in single.figure.axes if ax.get_label() == "colorbar"]
     assert bar.get_ylabel() == (
-        f"distinct key-group persons (noisy count, 95% ± {manifest['ci95_halfwidth']})"
+        f"distinct key-group persons (noisy count, 95% ± {manifest['ci95_halfwidth']} "
+        "away from the threshold)"
     )
+
+
+# ── near the threshold: biased upward, selection-aware intervals (issue 11) ────────────
+
+
+def test_every_figure_says_near_threshold_counts_are_biased_upward(
+    single: report.Heatmap, day: report.Heatmap, tmp_path: Path,
+) -> None:
+    zh, en = SELECTION_NOTE
+    for hm in (single, day):
+        note = text_by_gid(hm, "selection-note")
+        assert "biased upward" in note and "selection-aware" in note
+        assert " ".join(en.split()) in " ".join(note.split())  # all of it, wrapped
+        if has_cjk_font:
+            assert zh in note
+        (legend,) = hm.figure.legends
+        assert any("near threshold" in t.get_text() for t in legend.get_texts())
+    pdf = single.save(tmp_path / "h.pdf").read_bytes()
+    assert pdf.startswith(b"%PDF")
+
+
+def test_without_a_cjk_font_the_note_is_still_there_in_english(no_cjk_font: None, demo: Path) -> None:
+    with pytest.warns(fonts.MissingCJKFontWarning):
+        hm = report.heatmap(demo, boundary=BOUNDARY)
+    note = text_by_gid(hm, "selection-note")
+    assert "biased upward" in note and not CJK.search(note)
+
+
+def _near_release(base: ReleasedTable) -> tuple[ReleasedTable, set[str]]:
+    """Seven released cells in one window, three of them near the threshold."""
+    m = base.manifest
+    start = base.table["window_start"].min()
+    cells = sorted(h3.grid_disk(h3.latlng_to_cell(39.9087, 116.3975, m["resolution"]), 1))
+    limit = m["release_threshold"] + m["ci95_halfwidth"]
+    counts = [m["release_threshold"], limit - 1, m["release_threshold"] + 3, limit, limit + 5, limit + 40,
+              limit + 90]
+    table = pl.DataFrame({"cell": cells, "window_start": [start] * 7, "count": counts}).with_columns(
+        (pl.col("count") - 10).alias("ci_low"), (pl.col("count") + 10).alias("ci_high"),
+        (pl.col("count") < limit).alias("near_threshold"))
+    near = {c for c, n in zip(cells, counts, strict=True) if n < limit}
+    return ReleasedTable(table=table, manifest=m), near
+
+
+def _drawn_cells(paths: Any, resolution: int) -> set[str]:
+    """The H3 cells whose hexagons these paths are (by their centres)."""
+    centres = (path.vertices[:6].mean(axis=0) for path in paths)
+    return {h3.latlng_to_cell(lat, lng, resolution) for lng, lat in centres}
+
+
+def test_near_threshold_cells_are_drawn_outlined_and_dotted(demo: Path) -> None:
+    rel, near = _near_release(ReleasedTable.read(demo))
+    res = rel.manifest["resolution"]
+    hm = report.heatmap(rel, boundary=BOUNDARY)
+    layer = collection(hm.panels[0], "near-threshold")
+    assert layer.get_hatch() and len(layer.get_paths()) == len(near) == 3
+    assert _drawn_cells(layer.get_paths(), res) == near
+    released = collection(hm.panels[0], "released")
+    assert len(released.get_paths()) == 7  # still coloured by count underneath
+    # a release without the column (written before it existed) gets the same rule
+    legacy = ReleasedTable(table=rel.table.drop("near_threshold"), manifest=rel.manifest)
+    again = collection(report.heatmap(legacy, boundary=BOUNDARY).panels[0], "near-threshold")
+    assert _drawn_cells(again.get_paths(), res) == near
+
+
+def test_demo_release_marks_its_near_threshold_cells(single: report.Heatmap, table: pl.DataFrame,
+                                                    manifest: dict[str, Any]) -> None:
+    assert table["near_threshold"].to_list() == (
+        table["count"] < manifest["release_threshold"] + manifest["ci95_halfwidth"]).to_list()
+    start = single.panels[0].window_start
+    near = released_in(table, start).filter(pl.col("near_threshold")).height
+    layers = [a for a in single.panels[0].axes.collections if a.get_gid() == "near-threshold"]
+    assert sum(len(a.get_paths()) for a in layers) == near
 
 
 def test_title_names_place_window_and_time_zone(demo: Path) -> None:

@@ -212,12 +212,15 @@ def test_require_columns_names_every_missing_column_and_gives_rename_hints() -> 
     msg = str(info.value)
     for col in REQUIRED_COLUMNS:
         assert repr(col) in msg
-    assert "'latitude' → 'lat'" in msg
-    assert "'longitude' → 'lng'" in msg
-    assert "'uid' → 'person_id'" in msg
-    assert "'Timestamp' → 'ts'" in msg
-    assert "'status' → 'group'" in msg
-    assert "found 5 column(s): 'uid', 'Timestamp', 'latitude', 'longitude', 'status'" in msg
+    # Hints name the input's columns by position: a header is input and is never echoed.
+    assert "column 3 → 'lat'" in msg
+    assert "column 4 → 'lng'" in msg
+    assert "column 1 → 'person_id'" in msg
+    assert "column 2 → 'ts'" in msg
+    assert "column 5 → 'group'" in msg
+    assert "found 5 column(s): none of the job's columns and 5 other(s)" in msg
+    for header in schema:
+        assert header not in msg.replace("'ts'", "")
 
 
 def test_require_columns_never_echoes_a_data_row_taken_for_a_header() -> None:
@@ -228,7 +231,18 @@ def test_require_columns_never_echoes_a_data_row_taken_for_a_header() -> None:
         require_columns(schema, group_optional=False)
     msg = str(info.value)
     assert "rawid-0001" not in msg and "39.9" not in msg
-    assert "5 other(s) not shown" in msg and "header row" in msg
+    assert "5 other(s) (names not shown" in msg and "header row" in msg
+
+
+def test_require_columns_names_repeated_headers_by_position_only() -> None:
+    """A headerless file whose first row repeats a value: the old message echoed it."""
+    schema = {"13812345678": pl.String, "13812345678_duplicated_0": pl.String, "ts": pl.String,
+              "lat": pl.String, "lat_duplicated_0": pl.String}
+    with pytest.raises(SchemaError) as info:
+        require_columns(schema, group_optional=False)
+    msg = str(info.value)
+    assert "13812345678" not in msg
+    assert "one name at columns 1, 2" in msg and "'lat' at columns 4, 5" in msg
 
 
 def test_require_columns_only_missing_ones_are_named() -> None:
@@ -236,7 +250,8 @@ def test_require_columns_only_missing_ones_are_named() -> None:
               "lng": pl.Float64, "group": pl.String}
     with pytest.raises(SchemaError, match=r"missing required column\(s\) 'lat';") as info:
         require_columns(schema, group_optional=False)
-    assert "'latitude' → 'lat'" in str(info.value)
+    assert "column 3 → 'lat'" in str(info.value)
+    assert "latitude" not in str(info.value)
     assert "'lng'" not in str(info.value).split(";")[0]
 
 

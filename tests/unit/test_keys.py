@@ -403,3 +403,51 @@ def test_cache_off_and_unwritable_cache_still_give_the_cells(
     monkeypatch.delenv("PRIVMOB_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert keys.cache_dir() == tmp_path / "xdg" / "privmob"
+
+
+# --- self-intersecting rings and the cap on cells (issue 11) ------------------------------
+
+
+def _feature(points: list[tuple[float, float]]) -> dict[str, Any]:
+    return {"type": "Feature", "properties": {},
+            "geometry": {"type": "Polygon", "coordinates": [[list(p) for p in points]]}}
+
+
+BOWTIE = [(116.2, 39.8), (116.5, 40.0), (116.5, 39.8), (116.2, 40.0), (116.2, 39.8)]
+SQUARE = [(116.3, 39.8), (116.4, 39.8), (116.4, 39.9), (116.3, 39.9), (116.3, 39.8)]
+
+
+def test_a_bowtie_overlapping_another_polygon_is_repaired_to_its_area(tmp_path: Path) -> None:
+    """Merging the unrepaired rings raised a GEOS TopologyException (exit 4)."""
+    b = load_boundary(_geojson(tmp_path, [_feature(BOWTIE), _feature(SQUARE)]))
+    from shapely import Polygon, union_all
+
+    # the bow-tie is two triangles meeting at its crossing (116.35, 39.9)
+    triangles = [Polygon([(116.2, 39.8), (116.35, 39.9), (116.2, 40.0)]),
+                 Polygon([(116.5, 40.0), (116.35, 39.9), (116.5, 39.8)])]
+    expected = union_all([*triangles, Polygon(SQUARE)])
+    assert b.geometry.is_valid and b.geometry.symmetric_difference(expected).area < 1e-12
+    assert b.cells(7).size > 0
+
+
+def test_a_ring_that_encloses_nothing_is_refused(tmp_path: Path) -> None:
+    flat = [(116.2, 39.8), (116.5, 39.8), (116.2, 39.8), (116.5, 39.8), (116.2, 39.8)]
+    with pytest.raises(BoundaryError, match="no area"):
+        load_boundary(_geojson(tmp_path, [_feature(flat)]))
+
+
+def test_estimated_cells_is_close_below_the_true_cover(beijing: Boundary) -> None:
+    for res in (5, 6, 7):
+        true = beijing.cells(res).size
+        assert 0.5 * true <= keys.estimated_cells(beijing, res) <= true
+
+
+def test_a_cover_over_the_cap_is_refused_before_it_is_computed(beijing: Boundary,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    def never(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("the cover was computed")
+
+    monkeypatch.setattr("privmob.keys.h3_int.h3shape_to_cells_experimental", never)
+    with pytest.raises(BoundaryError, match=r"resolution 12 .* resolution = 10 or coarser"):
+        beijing.cells(12)
+    assert keys.estimated_cells(beijing, 10) <= keys.MAX_KEY_CELLS < keys.estimated_cells(beijing, 11)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 from fractions import Fraction
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from privmob.accountant import PrivacyCost, exact
-from privmob.errors import BudgetExceededError, ConfigError
+from privmob.errors import BudgetExceededError, ConfigError, LedgerIntegrityError
 from privmob.ledger import Budget, Ledger, budget_from
 
 EPS2 = budget_from(2.0, 1e-6, None)
@@ -23,6 +24,7 @@ def cost(eps: float, delta: float = 0.0, rho: float | None = None, rho_delta: fl
 
 def reserve(ledger: Ledger, rid: str, c: PrivacyCost, budget: Budget = EPS2,
             days: tuple[str, ...] = ("2026-11-26",), dataset: str = "d") -> object:
+    ledger.declare(dataset, budget, operator="op", reason="test", exist_ok=True)
     return ledger.reserve(release_id=rid, dataset=dataset, days=days, cost=c, budget=budget,
                           purpose="epidemic-prevention", operator="op", mechanism="gaussian")
 
@@ -141,5 +143,115 @@ def test_ledger_file_is_private_and_garbage_is_refused(tmp_path: Path) -> None:
     assert oct(os.stat(path).st_mode & 0o777) == "0o600"
     bad = tmp_path / "bad.sqlite"
     bad.write_bytes(b"not a database at all" * 100)
-    with pytest.raises(ConfigError, match="not a usable SQLite"):
+    with pytest.raises(ConfigError, match=r"cannot be used .*not a database.*restore it"):
         Ledger(bad)
+
+
+# -- the cap binds: declared once, changed only by an audited command ---------------------
+
+
+def events(ledger: Ledger) -> list[str]:
+    return [e["event"] for e in ledger.audit.entries()]
+
+
+def test_a_new_ledger_has_an_id_and_its_creation_is_audited(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "l.sqlite")
+    assert len(ledger.ledger_id) == 36 and ledger.get_meta("created_at")
+    assert Ledger(tmp_path / "l.sqlite").ledger_id == ledger.ledger_id  # fixed at creation
+    assert events(ledger) == ["ledger-created"]
+    assert ledger.audit.entries()[0]["ledger_id"] == ledger.ledger_id
+
+
+def test_a_job_cap_other_than_the_declared_one_is_refused_not_adopted(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "l.sqlite")
+    ledger.declare("d", EPS2, operator="op", reason="first")
+    ledger.commit(reserve(ledger, "a", cost(1.5)))  # type: ignore[arg-type]
+    raised = budget_from(5.0, 1e-6, None)
+    with pytest.raises(ConfigError, match=r"epsilon_per_day = 5.*epsilon_per_day = 2.*budget set"):
+        ledger.reserve(release_id="b", dataset="d", days=("2026-11-26",), cost=cost(1.5),
+                       budget=raised, purpose="p", operator="op", mechanism="gaussian")
+    assert ledger.datasets()["d"].budget == EPS2  # the old code overwrote the cap here
+    assert [c["release_id"] for c in ledger.charges()] == ["a"]
+
+
+def test_raising_a_cap_is_explicit_and_audited_with_old_and_new(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "l.sqlite")
+    ledger.declare("d", EPS2, operator="op", reason="first")
+    with pytest.raises(ConfigError, match="--reason"):
+        ledger.set_caps("d", budget_from(3.0, 1e-6, None), operator="op", reason=" ")
+    old = ledger.set_caps("d", budget_from(3.0, 1e-6, None), operator="dpo-7", reason="surge")
+    assert old == EPS2 and ledger.datasets()["d"].budget.epsilon == 3
+    entry = ledger.audit.entries()[-1]
+    assert entry["event"] == "budget-set" and entry["operator"] == "dpo-7"
+    assert entry["old_caps"]["epsilon_per_day"] == "2" and entry["caps"]["epsilon_per_day"] == "3"
+    assert ledger.verify_integrity() == []
+
+
+def test_an_undeclared_dataset_is_refused_with_the_command_to_declare_it(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "l.sqlite")
+    ledger.declare("d", EPS2, operator="op", reason="first")
+    with pytest.raises(ConfigError, match="budget declare"):
+        ledger.reserve(release_id="x", dataset="d-copy", days=("2026-11-26",), cost=cost(1.0),
+                       purpose="p", operator="op", mechanism="gaussian")
+    with pytest.raises(ConfigError, match="already declared"):
+        ledger.declare("d", budget_from(9.0, 1e-6, None), operator="op", reason="again")
+
+
+def test_every_state_change_is_mirrored_in_the_audit_log(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "l.sqlite")
+    ledger.commit(reserve(ledger, "a", cost(0.5)))  # type: ignore[arg-type]
+    ledger.cancel(reserve(ledger, "b", cost(0.5)), "write failed")  # type: ignore[arg-type]
+    assert events(ledger) == ["ledger-created", "dataset-declared", "reserved", "released",
+                              "reserved", "failed"]
+    assert ledger.audit.entries()[-1]["budget"] == "returned"
+    assert ledger.verify_integrity() == []
+
+
+def sql(ledger: Ledger, statement: str) -> None:
+    con = sqlite3.connect(ledger.path)
+    con.execute(statement)
+    con.commit()
+    con.close()
+
+
+@pytest.mark.parametrize("edit", [
+    "UPDATE charges SET state = 'cancelled' WHERE release_id = 'a'",  # a refund by hand
+    "UPDATE charges SET epsilon = '0' WHERE release_id = 'a'",  # a cheaper charge
+    "DELETE FROM charges WHERE release_id = 'a'",  # a charge removed
+    "UPDATE datasets SET epsilon = '100'",  # a cap raised outside `budget set`
+])
+def test_an_edited_ledger_is_refused_before_anything_is_charged(tmp_path: Path, edit: str) -> None:
+    ledger = Ledger(tmp_path / "l.sqlite")
+    ledger.commit(reserve(ledger, "a", cost(2.0)))  # type: ignore[arg-type]
+    sql(ledger, edit)
+    assert ledger.verify_integrity() != []
+    before = ledger.charges()
+    with pytest.raises(LedgerIntegrityError, match="Nothing was read or charged") as info:
+        reserve(ledger, "b", cost(1.0))
+    assert info.value.exit_code == 2
+    assert ledger.charges() == before
+
+
+def test_a_deleted_ledger_is_not_silently_recreated(tmp_path: Path) -> None:
+    path = tmp_path / "l.sqlite"
+    ledger = Ledger(path)
+    ledger.commit(reserve(ledger, "a", cost(2.0)))  # type: ignore[arg-type]
+    path.unlink()
+    with pytest.raises(LedgerIntegrityError, match="deleted"):
+        Ledger(path)
+    assert not path.exists()
+
+
+def test_a_read_only_ledger_is_a_clear_config_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "l.sqlite"
+    ledger = Ledger(path)
+    ledger.declare("d", EPS2, operator="op", reason="first")
+    real = sqlite3.connect
+
+    def read_only(database: object, **kw: object) -> sqlite3.Connection:
+        return real(f"file:{database}?mode=ro", uri=True, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr("privmob.ledger.sqlite3.connect", read_only)
+    with pytest.raises(ConfigError, match=r"readonly.*writable by this user"):
+        ledger.reserve(release_id="x", dataset="d", days=("2026-11-26",), cost=cost(1.0),
+                       purpose="p", operator="op", mechanism="gaussian")

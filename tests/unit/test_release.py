@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import tempfile
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from privmob import release
+from privmob.accountant import PrivacyCost
 from privmob.config import DEFAULT_MARKING
 from privmob.errors import InputError, ReleaseExistsError, ReleaseWriteError
+from privmob.intervals import selection_interval
+from privmob.mechanism import NoiseModel, Sensitivity
 from privmob.release import RELEASE_FILES, ReleasedTable, build_table, suppress
 from tests.conftest import PERIOD_START
 
@@ -30,12 +34,17 @@ MANIFEST = {"release_id": "rel-0001", "marking": DEFAULT_MARKING, "epsilon": 1.0
             "mechanism": "laplace", "cells_suppressed": 7}
 
 
-def _table(halfwidth: int = 5) -> pl.DataFrame:
+#: Discrete Laplace b = 2: 95% half-width 6; released at a threshold of 3.
+NOISE = NoiseModel("laplace", 2.0, Sensitivity(1, 1), PrivacyCost(Fraction(1, 2)))
+THRESHOLD = 3
+
+
+def _table(noise: NoiseModel = NOISE, threshold: int = THRESHOLD) -> pl.DataFrame:
     cells = np.array([CELLS[2], CELLS[0], CELLS[1], CELLS[0]], dtype=np.uint64)
     windows = np.array([0, 3, 0, 0], dtype=np.int32)
     noisy = np.array([12, 40, 3, 25], dtype=np.int64)
     return build_table(cells, windows, noisy, period_start=START, window_seconds=3600,
-                       ci_halfwidth=halfwidth)
+                       noise=noise, threshold=threshold)
 
 
 def _released() -> ReleasedTable:
@@ -65,17 +74,21 @@ def test_build_table_schema() -> None:
         "count": pl.Int64,
         "ci_low": pl.Int64,
         "ci_high": pl.Int64,
+        "near_threshold": pl.Boolean,
     })
 
 
 def test_build_table_values() -> None:
-    t = _table(halfwidth=5)
+    t = _table()
     rows = {(r["cell"], r["window_start"]): r for r in t.iter_rows(named=True)}
     local_midnight_utc = dt.datetime(2026, 11, 25, 16, tzinfo=dt.UTC)
     r = rows[(h3.int_to_str(CELLS[0]), local_midnight_utc + dt.timedelta(hours=3))]
-    assert (r["count"], r["ci_low"], r["ci_high"]) == (40, 35, 45)
+    # far above the threshold: the usual count ± 6
+    assert (r["count"], r["ci_low"], r["ci_high"], r["near_threshold"]) == (40, 34, 46, False)
     r = rows[(h3.int_to_str(CELLS[1]), local_midnight_utc)]
-    assert (r["count"], r["ci_low"], r["ci_high"]) == (3, 0, 8)  # ci_low clipped at 0
+    # at the threshold: any count up to it looks the same once published (Laplace tails are
+    # memoryless), so the interval reaches down to 0 and not up to 3 + 6
+    assert (r["count"], r["ci_low"], r["ci_high"], r["near_threshold"]) == (3, 0, 7, True)
     assert len(rows) == 4
 
 
@@ -88,11 +101,30 @@ def test_build_table_window_start_is_period_start_plus_windows() -> None:
     assert int(first.timestamp()) == PERIOD_START
 
 
-def test_build_table_ci_low_is_never_negative_and_ci_is_symmetric_otherwise() -> None:
-    t = _table(halfwidth=30)
+def test_build_table_intervals_are_the_selection_aware_ones() -> None:
+    wide = NoiseModel("laplace", 10.0, Sensitivity(1, 1), PrivacyCost(Fraction(1, 10)))
+    t = _table(wide, threshold=3)
+    low, high = selection_interval(wide, 3, t["count"].to_numpy())
+    assert t["ci_low"].to_list() == low.tolist() and t["ci_high"].to_list() == high.tolist()
     assert (t["ci_low"] >= 0).all()
-    assert (t["ci_low"] == (t["count"] - 30).clip(lower_bound=0)).all()
-    assert (t["ci_high"] == t["count"] + 30).all()
+    half = wide.ci_halfwidth(0.95)
+    # the old interval count ± h is gone where the threshold matters
+    assert (t["ci_high"] < t["count"] + half).any()
+
+
+def test_build_table_near_threshold_is_exactly_count_below_threshold_plus_halfwidth() -> None:
+    half = NOISE.ci_halfwidth(0.95)
+    noisy = np.arange(THRESHOLD, THRESHOLD + 3 * half, dtype=np.int64)
+    t = build_table(np.full(noisy.size, CELLS[0], dtype=np.uint64),
+                    np.arange(noisy.size, dtype=np.int32), noisy, period_start=START,
+                    window_seconds=3600, noise=NOISE, threshold=THRESHOLD)
+    assert t["near_threshold"].to_list() == [int(v) < THRESHOLD + half for v in noisy]
+    assert t["near_threshold"].sum() == half
+
+
+def test_build_table_refuses_counts_below_the_threshold() -> None:
+    with pytest.raises(InputError, match="position"):
+        _table(threshold=4)
 
 
 def test_build_table_cells_are_h3_strings() -> None:
@@ -108,8 +140,8 @@ def test_build_table_is_sorted_by_window_then_cell() -> None:
 
 def test_build_table_with_other_window_lengths() -> None:
     t = build_table(np.array([CELLS[0]] * 2, dtype=np.uint64), np.array([0, 95], dtype=np.int32),
-                    np.array([1, 2], dtype=np.int64), period_start=START, window_seconds=900,
-                    ci_halfwidth=0)
+                    np.array([3, 4], dtype=np.int64), period_start=START, window_seconds=900,
+                    noise=NOISE, threshold=THRESHOLD)
     last = t["window_start"].max()
     assert isinstance(last, dt.datetime)
     assert last - START == dt.timedelta(minutes=15 * 95)
@@ -118,9 +150,9 @@ def test_build_table_with_other_window_lengths() -> None:
 def test_build_table_empty() -> None:
     t = build_table(np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int32),
                     np.zeros(0, dtype=np.int64), period_start=START, window_seconds=3600,
-                    ci_halfwidth=5)
+                    noise=NOISE, threshold=THRESHOLD)
     assert t.height == 0
-    assert t.columns == ["cell", "window_start", "count", "ci_low", "ci_high"]
+    assert t.columns == ["cell", "window_start", "count", "ci_low", "ci_high", "near_threshold"]
     assert t.schema["window_start"] == pl.Datetime("us", "UTC")
 
 
@@ -180,7 +212,7 @@ def test_csv_has_the_rows_with_utc_times(tmp_path: Path) -> None:
     lines = (target / "release.csv").read_text(encoding="utf-8").splitlines()
     # First line: the marking as a comment, then a plain CSV.
     assert lines[0].startswith("# ") and rel.manifest["marking"] in lines[0]
-    assert lines[1] == "cell,window_start,count,ci_low,ci_high"
+    assert lines[1] == "cell,window_start,count,ci_low,ci_high,near_threshold"
     assert len(lines) == 2 + rel.table.height
     assert lines[2].split(",")[1] == "2026-11-25T16:00:00Z"
     back = pl.read_csv(target / "release.csv", schema_overrides={"cell": pl.String},
@@ -203,12 +235,14 @@ def test_geojson_has_one_hexagon_per_row_with_the_marking(tmp_path: Path) -> Non
     lngs, lats = [p[0] for p in ring], [p[1] for p in ring]
     assert min(lngs) < lng < max(lngs) and min(lats) < lat < max(lats)  # lng/lat order
     assert feat["properties"]["marking"] == DEFAULT_MARKING
+    near = [f["properties"]["near_threshold"] for f in gj["features"]]
+    assert near == rel.table["near_threshold"].to_list()
 
 
 def test_write_empty_table(tmp_path: Path) -> None:
     empty = build_table(np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int32),
                         np.zeros(0, dtype=np.int64), period_start=START, window_seconds=3600,
-                        ci_halfwidth=5)
+                        noise=NOISE, threshold=THRESHOLD)
     target = ReleasedTable(table=empty, manifest=dict(MANIFEST)).write(tmp_path / "r")
     assert sorted(os.listdir(target)) == sorted(RELEASE_FILES)
     assert pl.read_parquet(target / "release.parquet").height == 0
@@ -234,7 +268,8 @@ def test_refuses_a_previous_release(tmp_path: Path) -> None:
     target = _released().write(tmp_path / "r")
     digest = hashlib.sha256((target / "manifest.json").read_bytes()).hexdigest()
     with pytest.raises(ReleaseExistsError):
-        ReleasedTable(table=_table(9), manifest={**MANIFEST, "release_id": "rel-0002"}).write(target)
+        ReleasedTable(table=_table(threshold=2),
+                      manifest={**MANIFEST, "release_id": "rel-0002"}).write(target)
     assert hashlib.sha256((target / "manifest.json").read_bytes()).hexdigest() == digest
 
 

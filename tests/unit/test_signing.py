@@ -656,3 +656,30 @@ def test_any_flipped_signature_bit_is_detected(signed_with_images: Path, keys: K
         assert not v.ok and ("manifest.json", "bad_signature") in kinds(v)
     finally:
         path.write_bytes(original)
+
+
+# --- trusted keys (issue 11: a folder's own key proves nothing) ---------------------------
+
+
+def test_trusted_fingerprints_make_a_release_trusted_only_if_its_key_is_listed(
+        release: Path, keys: Keys, attacker: Keys) -> None:
+    v = verify_release(release, trusted_fingerprints=[attacker.fp, keys.fp])
+    assert v.ok and v.trusted
+    v = verify_release(release, trusted_fingerprints=[attacker.fp])
+    assert_fails(v, PUBLIC_KEY_FILE, "untrusted_key", keys)
+    assert not verify_release(release).trusted
+
+
+def test_load_trusted_fingerprints_reads_one_per_line_with_comments(tmp_path: Path, keys: Keys,
+                                                                   attacker: Keys) -> None:
+    from privmob.signing import load_trusted_fingerprints
+
+    path = tmp_path / "trusted"
+    path.write_text(f"# publisher keys\n\n{keys.fp}  cdc 2026\n  {attacker.fp[7:]}=\n", encoding="utf-8")
+    assert load_trusted_fingerprints(path) == {keys.fp, attacker.fp}
+    for bad in ("", "# nothing\n", "SHA256:short\n"):
+        path.write_text(bad, encoding="utf-8")
+        with pytest.raises(KeyFileError, match="one key fingerprint"):
+            load_trusted_fingerprints(path)
+    with pytest.raises(KeyFileError, match="cannot read"):
+        load_trusted_fingerprints(tmp_path / "missing")

@@ -6,6 +6,7 @@ The distributional claim itself is tested in tests/statistical/test_sparse.py.
 from __future__ import annotations
 
 from fractions import Fraction
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -123,3 +124,64 @@ def test_edges() -> None:
     assert idx.tolist() == list(range(10)) and np.all(np.abs(val - 100) < 60)
     idx, _ = sparse.noise_and_suppress(m, np.zeros(20, dtype=np.int64), -60)
     assert idx.tolist() == list(range(20))
+
+
+# --- the bit source's self-check (issue 11) -----------------------------------------------
+
+
+def _real_source() -> Any:
+    return sparse._bit_source()
+
+
+def _last_bit_never_flips(draw: Any) -> Any:
+    """OpenDP 0.12–0.14's randomized response: bits 0..n-2 flipped, the last one never."""
+    def faulty(data: bytes) -> bytes:
+        out = bytearray(draw(data))
+        out[-1] &= 0xFE  # the vector's last bit stays as the all-zero input had it
+        return bytes(out)
+    return faulty
+
+
+def test_self_check_passes_the_installed_opendp() -> None:
+    sparse.check_bit_source(_real_source(), sparse._opendp_version(), 512)
+
+
+@pytest.mark.parametrize("faulty", [
+    _last_bit_never_flips,
+    lambda draw: (lambda data: bytes(b & 0x7F for b in draw(data))),  # a bit in every byte
+    lambda draw: (lambda data: bytes(len(data))),  # nothing flips at all
+])
+def test_self_check_refuses_a_source_with_a_constant_bit(faulty: Any) -> None:
+    with pytest.raises(sparse.BitSourceError, match=r"never changed.*opendp >= 0.15"):
+        sparse.check_bit_source(faulty(_real_source()), "0.16.0", 512)
+
+
+def test_self_check_refuses_biased_bits_and_old_versions() -> None:
+    import os
+
+    def biased(data: bytes) -> bytes:  # every position varies, but 3 ones in 4
+        a, b = os.urandom(len(data)), os.urandom(len(data))
+        return bytes(x | y for x, y in zip(a, b, strict=True))
+
+    with pytest.raises(sparse.BitSourceError, match="ones in"):
+        sparse.check_bit_source(biased, "0.16.0", 512)
+    with pytest.raises(sparse.BitSourceError, match=r"OpenDP 0.14.0 is too old.*>= 0.15"):
+        sparse.check_bit_source(_real_source(), "0.14.0", 512)
+    sparse.check_bit_source(_real_source(), "0.15.0rc1", 512)
+
+
+def test_sparse_sampling_refuses_before_using_a_faulty_source(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check runs the first time sparse sampling needs bits; a release then fails with
+    a PrivmobError (exit 2) instead of publishing keys sampled from unfair bits."""
+    from privmob.errors import PrivmobError
+
+    monkeypatch.setattr(sparse, "_CHECKED", {})
+    real = sparse._bit_source
+    monkeypatch.setattr(sparse, "_bit_source", lambda: _last_bit_never_flips(real()))
+    counts = np.zeros(10_000, dtype=np.int64)
+    with pytest.raises(PrivmobError, match="not fair"):
+        sparse.noise_and_suppress(model("laplace", 2.0), counts, 40)
+    monkeypatch.setattr(sparse, "_bit_source", real)
+    idx, _ = sparse.noise_and_suppress(model("laplace", 2.0), counts, 40)  # checked: fine
+    assert sparse._CHECKED == {"ok": True}
+    assert idx.size < 10

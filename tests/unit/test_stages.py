@@ -42,8 +42,64 @@ def test_scope_key_groups_in_period_are_ok() -> None:
 
 
 def test_scope_other_groups_are_out_of_scope() -> None:
-    rows = [(None, "general_public", PERIOD_START), (None, "Confirmed", PERIOD_START)]
-    assert _status(rows) == [scope.OUT_OF_SCOPE] * 2
+    rows = [(None, "general_public", PERIOD_START), (None, "confirmedx", PERIOD_START),
+            (None, "con firmed", PERIOD_START), (None, "13812345678", PERIOD_START)]
+    assert _status(rows) == [scope.OUT_OF_SCOPE] * 4
+
+
+@pytest.mark.parametrize("value", ["Confirmed", "CONFIRMED", " confirmed ", "ｃｏｎｆｉｒｍｅｄ",
+                                   "Ｃｏｎｆｉｒｍｅｄ\u3000", "close-contact", "Close Contact",
+                                   "close\t-  contact", "ＣＬＯＳＥ＿ＣＯＮＴＡＣＴ"])
+def test_scope_matches_groups_whatever_their_case_width_and_spacing(value: str) -> None:
+    """Before: matched exactly, so each of these was silently dropped as out of scope."""
+    assert _status([(None, value, PERIOD_START)]) == [scope.OK]
+
+
+def test_scope_normalises_the_configured_groups_too() -> None:
+    df = pl.DataFrame({"reason": [None, None], "group": ["close_contact", "confirmed"],
+                       "t": [PERIOD_START] * 2}, schema={"reason": pl.String, "group": pl.String,
+                                                         "t": pl.Int64})
+    got = df.select(scope.status([" Close-Contact"], PERIOD_START, PERIOD_START + DAY))
+    assert got.to_series().to_list() == [scope.OK, scope.OUT_OF_SCOPE]
+    assert scope.normalised_groups(["Confirmed", "confirmed", "ｃｏｎｆｉｒｍｅｄ"]) == ["confirmed"]
+
+
+def test_scope_normalisation_runs_per_distinct_value_in_every_batch() -> None:
+    n = 200_000
+    values = ["Confirmed", "resident", "close-contact", None]
+    df = pl.DataFrame({"reason": pl.Series([None] * n, dtype=pl.String),
+                       "group": [values[i % 4] for i in range(n)], "t": [PERIOD_START] * n})
+    got = (df.lazy().select(scope.status(GROUPS, PERIOD_START, PERIOD_START + DAY).alias("s"))
+           .group_by("s").len().collect(engine="streaming"))
+    # a null group is never in scope (ingest has already made it group_missing)
+    assert dict(got.iter_rows()) == {scope.OK: n // 2, scope.OUT_OF_SCOPE: n // 2}
+
+
+def test_out_of_scope_by_group_names_only_label_like_values() -> None:
+    counted = pl.DataFrame({
+        "status": [scope.OUT_OF_SCOPE] * 6 + [scope.OK, "lat_out_of_range"],
+        "group": ["General Public", "general-public", "13812345678", "张三", "a@b.cn", "Resident",
+                  "confirmed", "x"],
+        "n": [5, 2, 3, 4, 1, 7, 100, 9],
+    })
+    got = scope.out_of_scope_by_group(counted)
+    assert got == {"general_public": 7, "resident": 7, scope.OTHER: 8, scope.OTHER_VALUES: 3}
+    assert not any(v in str(got) for v in ("138", "张", "@"))
+    assert scope.out_of_scope_by_group(counted.filter(pl.col("status") == scope.OK)) == {}
+
+
+def test_backend_counts_what_scope_dropped_per_group() -> None:
+    from privmob.backends import get_backend
+    from tests.conftest import config, pings
+
+    rows = [("p1", PERIOD_START + 60, 39.9, 116.4, "CONFIRMED"),
+            ("p2", PERIOD_START + 60, 39.9, 116.4, "Resident"),
+            ("p3", PERIOD_START + 60, 39.9, 116.4, "resident "),
+            ("p4", PERIOD_START + 60, 39.9, 116.4, "13812345678")]
+    exact = get_backend("polars").exact_cells(
+        pings(rows), config(), Pseudonymiser(TEST_KEY.encode(), "p"), None)
+    assert exact.rows_by_status == {scope.OK: 1, scope.OUT_OF_SCOPE: 3}
+    assert exact.out_of_scope_by_group == {"resident": 2, scope.OTHER: 1, scope.OTHER_VALUES: 1}
 
 
 def test_scope_period_is_half_open() -> None:
@@ -104,7 +160,7 @@ def test_load_key_missing_file(tmp_path: Path) -> None:
 
 
 def test_load_key_file_takes_precedence_over_env(tmp_path: Path, key_env: str) -> None:
-    other = "f" * 64
+    other = "fedcba9876543210" * 4
     path = _key_file(tmp_path, other.encode())
     assert load_key(path, "PRIVMOB_PSEUDONYM_KEY") == other.encode()
 
@@ -122,8 +178,8 @@ def test_load_key_from_env(key_env: str) -> None:
 
 
 def test_load_key_from_a_custom_env_name(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MY_JOB_KEY", "k" * MIN_KEY_BYTES)
-    assert load_key(None, "MY_JOB_KEY") == b"k" * MIN_KEY_BYTES
+    monkeypatch.setenv("MY_JOB_KEY", "k-0123456789abcdef" * 2)
+    assert load_key(None, "MY_JOB_KEY") == b"k-0123456789abcdef" * 2
 
 
 @pytest.mark.parametrize("value", [None, ""])
@@ -150,6 +206,94 @@ def test_new_key_is_long_enough_and_random() -> None:
     a, b = new_key(), new_key()
     assert len(a) >= MIN_KEY_BYTES
     assert a != b
+
+
+@pytest.mark.parametrize(("content", "said"), [
+    (b"\x00" * 32, "all zero bytes"),
+    (b"0" * 64, "one byte repeated"),
+    (b"x" * 40, "one byte repeated"),
+    (b"ab" * 32, "only 2 distinct"),
+    (bytes(range(7)) * 5, "only 7 distinct"),
+])
+def test_load_key_refuses_a_guessable_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          content: bytes, said: str) -> None:
+    """Length alone let these through: /dev/zero, a repeated character, a placeholder."""
+    with pytest.raises(KeyFileError, match=said) as info:
+        load_key(_key_file(tmp_path, content), "UNUSED_ENV")
+    assert "privmob keys pseudonym" in str(info.value)
+    if content.isascii() and b"\x00" not in content:
+        monkeypatch.setenv("PRIVMOB_TEST_KEY_VAR", content.decode())
+        with pytest.raises(KeyFileError, match="environment variable PRIVMOB_TEST_KEY_VAR"):
+            load_key(None, "PRIVMOB_TEST_KEY_VAR")
+
+
+def test_new_key_is_never_refused_and_the_floor_is_far_below_random_keys() -> None:
+    from privmob.pseudonymise import MIN_DISTINCT_BYTES, key_weakness
+
+    keys = [new_key() for _ in range(2000)]
+    assert all(key_weakness(k) is None for k in keys)
+    # 64 random hex digits show ≥ 12 of the 16 nearly always: 8 is a floor for mistakes
+    assert min(len(set(k)) for k in keys) >= MIN_DISTINCT_BYTES + 3
+    assert key_weakness(os.urandom(32)) is None
+    assert key_weakness(TEST_KEY.encode()) is None
+
+
+def _signing_key(tmp_path: Path) -> Path:
+    from privmob.signing import generate_keypair
+
+    path = tmp_path / "signing.pem"
+    generate_keypair(path)
+    return path
+
+
+def test_keys_apart_refuses_the_signing_key_in_any_form(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    from privmob.pseudonymise import check_keys_apart
+    from privmob.signing import load_private_key
+
+    signing = _signing_key(tmp_path)
+    raw = load_private_key(signing).private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+    for same in (signing.read_bytes(), signing.read_bytes().strip() + b"\n", raw, raw.hex().encode(),
+                 raw.hex().upper().encode()):
+        with pytest.raises(KeyFileError, match="signing key") as info:
+            check_keys_apart(same, signing, None)
+        message = str(info.value)
+        assert "privmob keys pseudonym" in message and str(signing) in message
+        assert raw.hex() not in message.lower()
+    check_keys_apart(new_key(), signing, None)  # a key of its own: fine
+    check_keys_apart(new_key(), None, None)
+
+
+def test_keys_apart_refuses_the_store_key(tmp_path: Path) -> None:
+    from privmob.pseudonymise import check_keys_apart
+
+    key = new_key()
+    store = _key_file(tmp_path, key + b"\n")
+    with pytest.raises(KeyFileError, match="working-store key"):
+        check_keys_apart(key, None, store)
+    with pytest.raises(KeyFileError, match="working-store key"):  # the same secret, as bytes
+        check_keys_apart(bytes.fromhex(key.decode()) * 1, None,
+                         _key_file(tmp_path, key))
+    check_keys_apart(new_key(), None, store)
+    check_keys_apart(new_key(), None, tmp_path / "missing.key")  # the store reports that
+
+
+def test_a_release_with_the_signing_key_as_pseudonym_key_is_refused_before_any_reading(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import privmob as pm
+    from tests.conftest import config
+
+    signing = _signing_key(tmp_path)
+    cfg = config(job={"key_file": str(signing), "signing_key": str(signing)})
+    read: list[object] = []
+    import sys
+
+    monkeypatch.setattr(sys.modules["privmob.plan"], "get_backend", lambda *a: read.append(a))
+    with pytest.raises(KeyFileError, match="same secret as the signing key"):
+        pm.plan(cfg).release(tmp_path / "never-read.parquet")
+    assert read == []
 
 
 # --- pseudonymise: Pseudonymiser ----------------------------------------------------------------

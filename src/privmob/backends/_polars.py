@@ -68,7 +68,10 @@ class PolarsBackend:
         extras = [c for c in raw_schema if c not in ingest.REQUIRED_COLUMNS]
         # Per (status, group): the row counts, and — group being low-cardinality — the
         # values the PII scan checks without a pass of its own.
-        status_counts = lf.group_by("status", "group").agg(pl.len().cast(pl.Int64).alias("n"))
+        end = int(config.period_end.timestamp())
+        status_counts = lf.group_by("status", "group").agg(
+            pl.len().cast(pl.Int64).alias("n"),
+            scope.epoch_ms_hint(start, end).sum().cast(pl.Int64).alias("ms"))
         # Only validated, in-scope, in-period rows are indexed (lat 400 would still get a
         # cell), and each is reduced at once to dwell minutes per (person, window, cell).
         # Distinct minutes are kept as 64-minute bitmasks (one word per 64 minutes of the
@@ -108,7 +111,7 @@ class PolarsBackend:
             # peak at 100M pings, over the 4 GB ceiling.
             results = [q.collect(engine="streaming") for q in queries]
             counted, dwell_ids, *extra_scan = results
-        except pl.exceptions.PolarsError as exc:
+        except (pl.exceptions.PolarsError, OSError) as exc:  # OSError: a truncated .gz, read late
             raise InputError(f"{ingest.read_pings(source).describe()} cannot be read: "
                              f"{ingest.first_line(exc)}") from exc
         found: dict[str, dict[str, int]] = {}
@@ -121,6 +124,8 @@ class PolarsBackend:
             found.update(pii.counts_from_row(weighted.row(0, named=True)))
         if extra_scan:
             found.update(pii.counts_from_row(extra_scan[0].row(0, named=True)))
+        dropped = scope.out_of_scope_by_group(counted)
+        epoch_ms = int(counted["ms"].sum() or 0)
         counted = counted.group_by("status").agg(pl.col("n").sum())
         by_status = {str(s): int(n) for s, n in counted.iter_rows()}
         if key_cells is not None:
@@ -149,6 +154,9 @@ class PolarsBackend:
             bounding=bound.stats(dwell, kept),
             pii=found,
             identifier_names=tuple(pii.identifier_by_name(extras)),
+            levels=aggregate.level_counts(kept, config.grid.parent_resolutions),
+            out_of_scope_by_group=dropped,
+            rows_epoch_ms=epoch_ms,
         )
 
     def fixes(self, source: Any, config: JobConfig, pseudonymiser: Pseudonymiser) -> pl.DataFrame:

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, cast
 import polars as pl
 import pyarrow as pa
 
-from privmob import bound, crs, index, ingest, pii, scope
+from privmob import aggregate, bound, crs, index, ingest, pii, scope
 from privmob.aggregate import ExactCounts
 from privmob.backends import keyed_fixes, stored_positions
 from privmob.crs import CRS
@@ -111,6 +111,9 @@ _MALFORMED = "_privmob_malformed_line"
 
 #: A CSV nullValue no cell will ever hold (see SparkBackend._read_path).
 _NEVER_NULL = "\uffff<privmob: no text means null>\uffff"
+
+#: The status under which the per-row step reports its epoch-milliseconds hint count.
+_EPOCH_MS = "hint:epoch_ms"
 
 _ROW_DTYPE = pl.DataFrame({"x": [0]}).with_row_index("row").schema["row"]
 
@@ -238,13 +241,16 @@ def _exact_batches(batches: Iterator[pa.RecordBatch], spec: _RowSpec,
             .group_by("person_id", "window", "cell", "minute")
             .agg(pl.len().cast(pl.Int64).alias("n"))
         )
-        queries = [counts, dwell]
+        hint = lf.select(pl.lit(_EPOCH_MS).alias("status"),
+                         scope.epoch_ms_hint(spec.start, spec.end).sum().cast(pl.Int64).alias("n"))
+        queries = [counts, dwell, hint]
         if spec.extras:
             queries.append(raw.lazy().select(pii.scan_exprs(list(spec.extras))))
-        counted, dwelled, *scanned = pl.collect_all(queries)
+        counted, dwelled, hinted, *scanned = pl.collect_all(queries)
         parts = [
             counted.select("status", "group", "n"),
             dwelled.select("person_id", "window", "cell", "minute", "n"),
+            hinted,
         ]
         if scanned:
             parts.append(
@@ -521,7 +527,10 @@ class SparkBackend:
         tagged = first.filter(pl.col("status").is_not_null())
         is_pii = pl.col("status").str.starts_with("pii:")
         is_outside = pl.col("status") == OUTSIDE_BOUNDARY
-        counted = tagged.filter(~is_pii & ~is_outside)
+        is_hint = pl.col("status") == _EPOCH_MS
+        epoch_ms = int(tagged.filter(is_hint)["n"].sum() or 0)
+        counted = tagged.filter(~is_pii & ~is_outside & ~is_hint)
+        dropped = scope.out_of_scope_by_group(counted)
         found: dict[str, dict[str, int]] = {}
         if has_group:  # group is low-cardinality: scan the counted values, weighted
             weighted = counted.select(
@@ -554,14 +563,42 @@ class SparkBackend:
         person = "person_id" if pids.n_unique() == pids.len() else "pid"
         kept = _bound(dwell_pid, config.privacy.max_cells_per_window, config.privacy.max_windows,
                       person)
+        resolutions = config.grid.parent_resolutions
+        if resolutions:  # read once per level too: keep the ranked rows
+            from pyspark import StorageLevel
+
+            kept = kept.persist(StorageLevel.MEMORY_AND_DISK)
+        none_int = F.lit(None).cast("int")
         counts_q = kept.groupBy("cell", "window").agg(F.count(F.lit(1)).alias("count"),
                                                       F.sum("minutes").alias("minutes"))
         totals_q = dwell_pid.agg(F.count(F.lit(1)).alias("count"), F.sum("minutes").alias("minutes"))
-        second = _collect(
-            counts_q.unionByName(totals_q.select(none_long.alias("cell"),
-                                                 F.lit(None).cast("int").alias("window"),
-                                                 "count", "minutes")),
-            what, {"cell": pl.Int64, "window": pl.Int32, "count": pl.Int64, "minutes": pl.Int64})
+        queries = [
+            counts_q.select(none_int.alias("level"), "cell", "window", "count", "minutes"),
+            totals_q.select(none_int.alias("level"), none_long.alias("cell"), none_int.alias("window"),
+                            "count", "minutes"),
+        ]
+        for res in resolutions:
+            # aggregate.level_counts as a Spark aggregation: distinct (person, parent, window)
+            clear, bits = aggregate.parent_bits(res)
+            parent = F.col("cell").bitwiseAND(F.lit(~clear)).bitwiseOR(F.lit(bits))
+            queries.append(
+                kept.select("pid", "window", parent.alias("cell")).distinct()
+                .groupBy("cell", "window").agg(F.count(F.lit(1)).alias("count"))
+                .select(F.lit(res).alias("level"), "cell", "window", "count", none_long.alias("minutes")))
+        try:
+            second = _collect(
+                functools.reduce(lambda a, b: a.unionByName(b), queries), what,
+                {"level": pl.Int32, "cell": pl.Int64, "window": pl.Int32, "count": pl.Int64,
+                 "minutes": pl.Int64})
+        finally:
+            if resolutions:
+                kept.unpersist()
+        levels = {
+            res: second.filter(pl.col("level") == res).select(
+                pl.col("cell").cast(pl.UInt64), "window", "count").sort("window", "cell")
+            for res in resolutions
+        }
+        second = second.filter(pl.col("level").is_null())
         totals = second.filter(pl.col("cell").is_null())
         cells = second.filter(pl.col("cell").is_not_null())
         counts = cells.select(
@@ -582,6 +619,9 @@ class SparkBackend:
             bounding=stats,
             pii=found,
             identifier_names=tuple(pii.identifier_by_name(extras)),
+            levels=levels,
+            out_of_scope_by_group=dropped,
+            rows_epoch_ms=epoch_ms,
         )
 
     # -- the working store and the quarantine ----------------------------------------------

@@ -8,6 +8,10 @@ What the figure must never let a reader get wrong:
   an empty-looking district reads as "fewer than ~N (noise threshold)", not "nobody".
   Released counts are never zero: they are at or above the threshold.
 * **Every number is noisy.** The colour bar is labelled with the 95% half-width.
+* **A count near the threshold is biased upward.** It was published because its noise
+  lifted it over τ; its interval in the release is selection-aware (privmob.intervals).
+  Cells whose noisy count is below τ + the half-width are outlined and dotted
+  ("near threshold"), and a bilingual note under the legend says so on every figure.
 * **Where it came from and how it may be used.** The footer states the mechanism, ε, δ
   (and ρ), ``min_count`` and threshold, resolution, release id and the public-key
   fingerprint of the signature (or ``UNSIGNED``); the marking runs across the top, along
@@ -32,6 +36,7 @@ import datetime as dt
 import io
 import json
 import math
+import textwrap
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -58,6 +63,7 @@ from matplotlib.ticker import MaxNLocator
 import privmob.report.fonts as _fonts
 from privmob.config import DEFAULT_MARKING, parse_duration
 from privmob.errors import InputError
+from privmob.intervals import SELECTION_NOTE
 from privmob.release import ReleasedTable, release_zone
 
 __all__ = ["Heatmap", "Panel", "heatmap", "small_multiples"]
@@ -66,6 +72,9 @@ __all__ = ["Heatmap", "Panel", "heatmap", "small_multiples"]
 #: the count scale (viridis and cividis both start dark).
 WITHHELD_FACE = "#e4e4e4"
 WITHHELD_HATCH = "#b4b4b4"
+#: Near-threshold cells: a dark outline and dots over their colour (the colour stays readable).
+NEAR_EDGE = "#111111"
+NEAR_HATCH = "...."
 BOUNDARY_COLOR = "#333333"
 MARKING_BAND = "#9b1c1c"
 MIN_PNG_DPI = 150
@@ -80,6 +89,8 @@ Extent = Literal["auto", "boundary", "released"] | tuple[float, float, float, fl
 AUTO_ZOOM_SHARE = 0.25
 
 _REQUIRED_COLUMNS = ("cell", "window_start", "count")
+#: Inches under the legend for the note on near-threshold counts (three lines of text).
+_SELECTION_NOTE_H = 0.65
 _INCH_MARGIN = 0.35
 
 
@@ -305,6 +316,8 @@ class _Job:
         if resolution is None and table.height:
             resolution = int(h3.get_resolution(table.get_column("cell")[0]))
         threshold = _int_or_none(m.get("release_threshold"))
+        halfwidth = _int_or_none(m.get("ci95_halfwidth"))
+        table = table.with_columns(_near_column(table, threshold, halfwidth).alias("_near"))
         keys = str(m.get("keys") or "")
         geom = area = None
         key_cells = boundary_name = None
@@ -326,7 +339,7 @@ class _Job:
             n_windows=n_windows,
             resolution=resolution,
             threshold=threshold,
-            halfwidth=_int_or_none(m.get("ci95_halfwidth")),
+            halfwidth=halfwidth,
             public_keys=keys.startswith("public:"),
             boundary_name=boundary_name,
             boundary_geom=geom,
@@ -383,6 +396,28 @@ class _Job:
     def cells(self, index: int) -> tuple[list[str], npt.NDArray[np.int64]]:
         rows = self.table.filter(pl.col("w") == index).sort("cell")
         return rows.get_column("cell").to_list(), rows.get_column("count").to_numpy().astype(np.int64)
+
+    def near(self, index: int) -> npt.NDArray[np.bool_]:
+        """Near-threshold flags of :meth:`cells` (same order)."""
+        rows = self.table.filter(pl.col("w") == index).sort("cell")
+        return rows.get_column("_near").to_numpy().astype(bool)
+
+    @property
+    def near_limit(self) -> int | None:
+        """τ + h: released counts below it are near the threshold (None when unknown)."""
+        if self.threshold is None or self.halfwidth is None:
+            return None
+        return self.threshold + self.halfwidth
+
+
+def _near_column(table: pl.DataFrame, threshold: int | None, halfwidth: int | None) -> pl.Expr:
+    """The release's ``near_threshold`` flags; for a release written before it had them,
+    the same rule from the manifest (count < τ + h); all false when that is unknown."""
+    if "near_threshold" in table.columns:
+        return pl.col("near_threshold").cast(pl.Boolean).fill_null(False)
+    if threshold is not None and halfwidth is not None:
+        return pl.col("count") < threshold + halfwidth
+    return pl.lit(False)
 
 
 def _load_release(release: ReleasedTable | str | Path) -> ReleasedTable:
@@ -531,7 +566,7 @@ class _Drawing:
         top = band_h + head_h + (0.3 if self.small else 0.05)
         note = self.job.key_area is None
         legend_top = top + grid_h + 0.15
-        legend_h = 0.4 + (0.3 if note else 0.0)
+        legend_h = 0.4 + (0.3 if note else 0.0) + _SELECTION_NOTE_H
         footer_h = 1.0
         height = legend_top + legend_h + footer_h
         fig = Figure(figsize=(width, height), facecolor="white")
@@ -574,6 +609,7 @@ class _Drawing:
         )
         self._colour_bar(fig, cax)
         self._legend(fig, fx(_INCH_MARGIN - 0.05), fy(legend_top), note_y=fy(legend_top + 0.42))
+        self._selection_note(fig, fx(_INCH_MARGIN), fy(legend_top + 0.42 + (0.3 if note else 0.0)))
         if self.small or note:
             self._watermark_figure(fig, fx(_INCH_MARGIN), fy(top + grid_h), fx(grid_w), grid_h / height)
         else:
@@ -635,6 +671,12 @@ class _Drawing:
         released = PolyCollection(hexagons, closed=True, array=counts, cmap=self.cmap, norm=self.norm,
                                   zorder=3, gid="released", **edges)
         ax.add_collection(released)
+        near = job.near(index)
+        if near.any():  # outlined and dotted over their colour: biased upward, see the note
+            ax.add_collection(PolyCollection(
+                [hexagons[i] for i in np.flatnonzero(near)], closed=True, facecolors="none",
+                edgecolors=NEAR_EDGE, linewidths=0.9 if not self.small else 0.6, hatch=NEAR_HATCH,
+                zorder=3.5, gid="near-threshold"))
         if job.boundary_geom is not None:
             outline = _shape_path(job.boundary_geom)
             if outline is not None:
@@ -687,7 +729,8 @@ class _Drawing:
         mappable = ScalarMappable(norm=self.norm, cmap=self.cmap)
         bar = fig.colorbar(mappable, cax=cax)
         half = f" ± {job.halfwidth}" if job.halfwidth is not None else ""
-        bar.set_label(f"distinct key-group persons (noisy count, 95%{half})", fontsize=10)
+        bar.set_label(f"distinct key-group persons (noisy count, 95%{half} away from the threshold)",
+                      fontsize=10)
         ticks = [t for t in MaxNLocator(nbins=5, integer=True).tick_values(job.vmin, job.vmax)
                  if job.vmin + 0.08 * (job.vmax - job.vmin) < t <= job.vmax]
         bar.set_ticks([job.vmin, *ticks])
@@ -703,6 +746,10 @@ class _Drawing:
                   label=f"released: noisy count ≥ {job.vmin}"),
         ]
         thr = job.threshold if job.threshold is not None else job.vmin
+        limit = job.near_limit
+        handles.append(Patch(facecolor=self.cmap(0.15), edgecolor=NEAR_EDGE, hatch=NEAR_HATCH, linewidth=0.9,
+                             label=f"near threshold (count < {limit}): biased upward" if limit is not None
+                             else "near threshold: biased upward"))
         if job.key_area is not None:
             label = (f"withheld: fewer than ~{thr} (noise threshold) — not zero" if job.public_keys
                      else f"not released: none, or fewer than ~{thr} (noise threshold)")
@@ -719,13 +766,21 @@ class _Drawing:
                 "a zero. Give the boundary file to draw them."), fontsize=9, color="#9b1c1c", va="top",
                 gid="note")
 
+    def _selection_note(self, fig: Figure, x: float, y: float) -> None:
+        """The plain statement on near-threshold counts, Chinese over English."""
+        zh, en = SELECTION_NOTE
+        lines = [self.font.safe(zh), *textwrap.wrap(self.font.safe(en), 150)]
+        fig.text(x, y, "\n".join(line for line in lines if line), fontsize=8.5, color="#1f1f1f", va="top",
+                 linespacing=1.45, gid="selection-note")
+
     def _footer(self, fig: Figure, x: float, y: float, marking_y: float) -> None:
         m = self.job.manifest
         mech = str(m.get("mechanism") or "?")
         mech = {"gaussian": "discrete Gaussian", "laplace": "discrete Laplace"}.get(mech, mech)
         eps, delta, rho = m.get("epsilon"), m.get("delta"), m.get("rho")
         budget = f"ε = {_num(eps)}, δ = {_num(delta)}" + (f" (ρ = {_num(rho, 4)} zCDP)" if rho else "")
-        half = f"; each count ± {self.job.halfwidth} at 95%" if self.job.halfwidth is not None else ""
+        half = (f"; each count ± {self.job.halfwidth} at 95% (near the threshold: selection-aware interval)"
+                if self.job.halfwidth is not None else "")
         bounding = m.get("max_cells_per_window")
         line1 = (f"Person-level differential privacy: {mech} noise (OpenDP), {budget} for the period"
                  + (f"; ≤ {bounding} cell(s) per person and window" if bounding else "") + half + ".")

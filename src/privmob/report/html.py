@@ -13,6 +13,9 @@ What the page shows:
   whole period, with a slider over the windows (labelled in the job's local time);
   hovering a hexagon shows its count and 95% interval — or "withheld" for a public-key
   cell whose noisy count was below the release threshold (a missing number is not a zero);
+* near-threshold hexagons (``near_threshold``: noisy count < τ + half-width) with a dashed
+  outline and "near threshold" on hover, and, in the legend and the note (Chinese and
+  English), that such counts are biased upward and their intervals are selection-aware;
 * the boundary outline and, when given, the origin–destination flows of the window;
 * a plain-language note on what the noise means, and the manifest as readable tables.
 
@@ -53,6 +56,7 @@ import polars as pl
 from privmob._version import __version__
 from privmob.config import DEFAULT_MARKING, parse_duration
 from privmob.errors import InputError
+from privmob.intervals import SELECTION_NOTE
 from privmob.release import ReleasedTable, release_zone
 
 __all__ = ["CSP", "html_report", "write_html_report"]
@@ -69,6 +73,7 @@ CSP = (
 _OPERATOR_ONLY = frozenset({
     "rows_in", "rows_bad", "rows_out_of_scope", "rows_out_of_period", "rows_outside_boundary",
     "rows_used", "persons", "exact_fields_note", "timings_s",
+    "input_sha256", "config_sha256", "identifier_columns_dropped",  # older manifests only
 })
 _OPERATOR_ONLY_BOUNDING = frozenset({
     "person_cell_windows", "person_cell_windows_kept", "person_cell_windows_dropped_share",
@@ -154,6 +159,16 @@ def write_html_report(
 
 
 # ── reading the release ────────────────────────────────────────────────────────────────
+
+
+def _near_column(table: pl.DataFrame, threshold: int | None, halfwidth: int | None) -> pl.Expr:
+    """The table's ``near_threshold`` flags; for a release written before it had them, the
+    same rule from the manifest (count < τ + h); all false when that is unknown."""
+    if "near_threshold" in table.columns:
+        return pl.col("near_threshold").cast(pl.Boolean).fill_null(False)
+    if threshold is not None and halfwidth is not None:
+        return pl.col("count") < threshold + halfwidth
+    return pl.lit(False)
 
 
 def _load_release(release: ReleasedTable | str | Path) -> tuple[ReleasedTable, Path | None]:
@@ -345,14 +360,20 @@ class _Page:
         polygons, extent = _hexagons(cells)
 
         # Per window: cell index → count, or [count, low, high] when the interval is not the
-        # manifest's count ± half-width (clipped at 0), which the page works out itself.
+        # manifest's count ± half-width (clipped at 0), which the page works out itself, or
+        # [count, low, high, 1] for a count near the threshold (selection-aware interval).
         half = _int_or_none(m.get("ci95_halfwidth"))
-        per_window: list[dict[str, int | list[int]]] = [{} for _ in range(n_windows)]
-        for cell, w, count, lo, hi in table.select("cell", "w", "count", "ci_low", "ci_high").iter_rows():
-            derivable = half is not None and lo == max(count - half, 0) and hi == count + half
-            per_window[w][str(index[cell])] = int(count) if derivable else [int(count), int(lo), int(hi)]
-        counts = table.get_column("count")
         threshold = _int_or_none(m.get("release_threshold"))
+        table = table.with_columns(_near_column(table, threshold, half).alias("_near"))
+        per_window: list[dict[str, int | list[int]]] = [{} for _ in range(n_windows)]
+        for cell, w, count, lo, hi, near in table.select(
+                "cell", "w", "count", "ci_low", "ci_high", "_near").iter_rows():
+            derivable = half is not None and lo == max(count - half, 0) and hi == count + half
+            value: int | list[int] = int(count) if derivable else [int(count), int(lo), int(hi)]
+            if near:
+                value = [int(count), int(lo), int(hi), 1]
+            per_window[w][str(index[cell])] = value
+        counts = table.get_column("count")
         cmin = int(counts.min() or 0) if table.height else 0  # type: ignore[arg-type]
         cmax = int(counts.max() or 0) if table.height else 0  # type: ignore[arg-type]
         # The scale starts at the release threshold: no released count lies below it.
@@ -539,6 +560,18 @@ class _Page:
             if self.area_name
             else '<li class="hint">No boundary file given: the area outline is not drawn.</li>'
         )
+        limit = (thr + d["halfwidth"]) if thr is not None and d["halfwidth"] is not None else None
+        near_item = (
+            '<li><svg width="22" height="16" aria-hidden="true"><rect x="2" y="2" width="18" height="12" '
+            'class="near"/></svg>near threshold'
+            + (f" (count &lt; {limit})" if limit is not None else "")
+            + ": biased upward; its interval is selection-aware</li>"
+        )
+        note_zh, note_en = SELECTION_NOTE
+        selection_note = (
+            f'<p class="selection-note" id="selection-note"><span lang="zh-CN">{html.escape(note_zh)}</span> '
+            f"{html.escape(note_en)}</p>"
+        )
         flows_item = (
             '<li><svg width="22" height="16" aria-hidden="true"><path d="M2 12 Q11 2 20 8" class="flow"/>'
             f"</svg>flows, {html.escape(d['flows']['window'])} windows (width ∝ count)</li>"
@@ -600,7 +633,8 @@ are readable without it; the counts are in release.csv / release.parquet.</p></n
 <div class="card legend">
 <div class="kicker">Distinct key-group persons (noisy)</div>
 <svg id="colour-bar" class="colour-bar" aria-label="colour scale"></svg>
-<ul class="keys">{withheld_item}{boundary_item}{flows_item}</ul>
+<ul class="keys">{near_item}{withheld_item}{boundary_item}{flows_item}</ul>
+{selection_note}
 <div class="layers">{''.join(layers)}</div>
 </div>
 <div class="card hover-card" id="hover-card">
@@ -649,6 +683,9 @@ are readable without it; the counts are in release.csv / release.parquet.</p></n
                 + ". Flows below their threshold are not drawn.</p>"
             )
         thr_zh = f"{thr}" if thr is not None else "发布阈值"
+        known = thr is not None and half is not None
+        near_en = f"{thr + half}" if known else "the threshold plus the half-width"
+        near_zh = f"{thr + half}" if known else "阈值加区间半宽"
         return f"""<section class="card note" id="noise-note">
 <h2>What the numbers mean <span lang="zh-CN">数字说明</span></h2>
 <div class="note-cols">
@@ -656,17 +693,24 @@ are readable without it; the counts are in release.csv / release.parquet.</p></n
 <p>Each number is a count of <strong>distinct key-group persons</strong> (confirmed, suspected and
 close contacts) seen in that hexagon during that time window, with <strong>random noise added</strong>
 so that no single person's presence can be inferred. The true value lies within
-<strong>{half_en}</strong> of the shown value 95% of the time. Cells whose noisy count is below
+<strong>{half_en}</strong> of the shown value 95% of the time for counts well above the threshold.
+Cells whose noisy count is below
 <strong>{thr_en}</strong> persons are withheld. {absent_en}</p>
 <p>Read the map for where key-group persons gathered, not for exact numbers: a difference smaller
 than the interval may be noise. The same person can appear in several windows, so counts of
-different windows must not be added up. Privacy unit: {unit}.</p>{flows_en}
+different windows must not be added up. Privacy unit: {unit}.</p>
+<p class="selection-note"><strong>Near the threshold.</strong> {html.escape(SELECTION_NOTE[1])}
+Cells with a noisy count below {near_en} are outlined with a dashed line and marked
+“near threshold”; their 95% intervals are computed given that the count was published (they
+cover the true count 95% of the time among published cells) and may reach down to 0.</p>{flows_en}
 </div>
 <div lang="zh-CN">
 <p>每个数字是该时段内到过该六边形区域的<strong>重点人群（确诊、疑似、密切接触者）去重人数</strong>，并加入了<strong>随机噪声</strong>，
 使任何单个人是否在其中都无法被推断。真实值有95%的概率落在显示值<strong>{half_zh}</strong>的范围内。
 加噪后人数低于<strong>{thr_zh}</strong>的单元格不予公布。{absent_zh}</p>
 <p>请用地图判断重点人群聚集的区域，而不是读取精确人数：小于误差区间的差异可能只是噪声。同一人可出现在多个时段，不同时段的人数不能相加。</p>
+<p class="selection-note"><strong>接近阈值的数字。</strong>{html.escape(SELECTION_NOTE[0])}
+加噪后人数低于{near_zh}的单元格以虚线勾出并标为“接近阈值”。</p>
 </div>
 </div>
 </section>"""
@@ -694,7 +738,8 @@ different windows must not be added up. Privacy unit: {unit}.</p>{flows_en}
         g = "Privacy budget spent"
         mech = {"gaussian": "discrete Gaussian (OpenDP)", "laplace": "discrete Laplace (OpenDP)"}.get(
             str(m.get("mechanism")), str(m.get("mechanism") or "?"))
-        add(g, "Unit of privacy", "one person over the whole period (all of their records)")
+        add(g, "Unit of privacy", m.get("privacy_unit")
+            or "one person over the whole period (all of their records)")
         add(g, "Mechanism", mech)
         budget = []
         if m.get("epsilon") is not None:
@@ -722,7 +767,9 @@ different windows must not be added up. Privacy unit: {unit}.</p>{flows_en}
         add(g, "Noise", f"standard deviation {_num(m.get('noise_std') or m.get('noise_scale'), 4)}"
             if (m.get("noise_std") or m.get("noise_scale")) is not None else None)
         if m.get("ci95_halfwidth") is not None:
-            add(g, "95% interval", f"shown count ± {m['ci95_halfwidth']} (lower end clipped at 0)")
+            add(g, "95% interval", f"shown count ± {m['ci95_halfwidth']} well above the threshold; near it "
+                "selection-aware (95% given that the count was published; may lie below the count); "
+                "never below 0")
         thr = m.get("release_threshold")
         if thr is not None:
             text = f"noisy count ≥ {thr} is published (min_count {m.get('min_count', '?')})"
@@ -769,9 +816,7 @@ different windows must not be added up. Privacy unit: {unit}.</p>{flows_en}
         pseudo = m.get("pseudonymisation")
         if isinstance(pseudo, Mapping):
             add(g, "Pseudonymisation", f"{pseudo.get('method', '?')}; linkage period "
-                f"{pseudo.get('linkage_period', '?')}; key id {pseudo.get('key_id', '?')}")
-        dropped = m.get("identifier_columns_dropped")
-        add(g, "Identifier columns dropped", ", ".join(map(str, dropped)) if dropped else "none present")
+                f"{pseudo.get('linkage_period', '?')}")
 
         fl = m.get("flows")
         if isinstance(fl, Mapping):
@@ -803,8 +848,6 @@ different windows must not be added up. Privacy unit: {unit}.</p>{flows_en}
             add(g, "Signature", '<strong class="unsigned">UNSIGNED</strong>', raw=True)
         if self.verification is not None:
             add(g, "Checked when this page was made", self.verification[0])
-        add(g, "Input sha256", _code(m.get("input_sha256")), raw=True)
-        add(g, "Configuration sha256", _code(m.get("config_sha256")), raw=True)
         files = m.get("files")
         if isinstance(files, Mapping) and files:
             add(g, "Files", "<br>".join(f"{esc(str(k))}: {_code(v)}" for k, v in files.items()), raw=True)
@@ -817,7 +860,7 @@ different windows must not be added up. Privacy unit: {unit}.</p>{flows_en}
             "cells_suppressed", "keys", "key_cells", "n_keys", "threshold", "resolution", "window",
             "windows", "timezone", "scope", "max_cells_per_window", "max_windows", "sensitivity",
             "bounding", "stages", "pseudonymisation", "identifier_columns_dropped", "signature",
-            "input_sha256", "config_sha256", "files", "flows",
+            "input_sha256", "config_sha256", "files", "flows", "privacy_unit",
         }
         for key, value in m.items():
             if key in known or key in _OPERATOR_ONLY or value is None:
@@ -972,6 +1015,9 @@ def _verify(folder: Path) -> tuple[str, list[str]]:
 def _public_manifest(m: Mapping[str, Any]) -> dict[str, Any]:
     """The manifest without the exact (not differentially private) input statistics."""
     out = {k: v for k, v in m.items() if k not in _OPERATOR_ONLY}
+    pseudo = out.get("pseudonymisation")
+    if isinstance(pseudo, Mapping):  # older manifests carried the key id
+        out["pseudonymisation"] = {k: v for k, v in pseudo.items() if k != "key_id"}
     bounding = out.get("bounding")
     if isinstance(bounding, Mapping):
         out["bounding"] = {k: v for k, v in bounding.items() if k not in _OPERATOR_ONLY_BOUNDING}

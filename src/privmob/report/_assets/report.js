@@ -55,11 +55,13 @@
     for (var i = 0; i < p.length; i += 2) { x += p[i]; y += p[i + 1]; out[i] = x / 1e5; out[i + 1] = y / 1e5; }
     return out;
   });
-  // Window values arrive as a count (interval = count ± half-width, clipped at 0) or [count, lo, hi].
+  // Window values arrive as a count (interval = count ± half-width, clipped at 0), [count, lo, hi],
+  // or [count, lo, hi, 1] near the threshold (selection-aware interval); all become [count, lo, hi, near].
   D.windows.forEach(function (w) {
     for (var k in w.values) {
       var v = w.values[k];
-      if (typeof v === "number") { w.values[k] = [v, Math.max(v - D.halfwidth, 0), v + D.halfwidth]; }
+      if (typeof v === "number") { w.values[k] = [v, Math.max(v - D.halfwidth, 0), v + D.halfwidth, 0]; }
+      else if (v.length < 4) { v.push(0); }
     }
   });
   var pathCache = {};
@@ -326,14 +328,16 @@
     var w = D.windows[current];
     if (target.hasAttribute("data-count")) {
       var c = +target.getAttribute("data-count"), lo = target.getAttribute("data-lo");
-      var hi = target.getAttribute("data-hi");
-      return {
-        big: nf.format(c) + " persons",
-        lines: ["95% interval " + nf.format(+lo) + " – " + nf.format(+hi) +
-          (D.halfwidth !== null ? " (± " + D.halfwidth + ")" : ""),
-          "cell " + target.getAttribute("data-cell"), w.label],
-        idx: +target.getAttribute("data-idx")
-      };
+      var hi = target.getAttribute("data-hi"), near = target.getAttribute("data-near") === "1";
+      var cellLines = ["95% interval " + nf.format(+lo) + " – " + nf.format(+hi) +
+          (near ? " (selection-aware)" : (D.halfwidth !== null ? " (± " + D.halfwidth + ")" : "")),
+          "cell " + target.getAttribute("data-cell"), w.label];
+      if (near) {
+        cellLines.unshift("near threshold: biased upward (published because its noise lifted it over " +
+          (D.threshold !== null ? D.threshold : "the threshold") + ")");
+      }
+      return { big: nf.format(c) + " persons" + (near ? " · near threshold" : ""), lines: cellLines,
+        idx: +target.getAttribute("data-idx") };
     }
     if (target.hasAttribute("data-flow")) {
       var f = D.flows.windows[current][+target.getAttribute("data-flow")];
@@ -480,7 +484,8 @@
       tr.appendChild(td);
       tr.appendChild(html("td", ctr[1].toFixed(4) + ", " + ctr[0].toFixed(4)));
       tr.appendChild(html("td", nf.format(e.v[0]), "num"));
-      tr.appendChild(html("td", nf.format(e.v[1]) + " – " + nf.format(e.v[2]), "num"));
+      tr.appendChild(html("td", nf.format(e.v[1]) + " – " + nf.format(e.v[2]) +
+        (e.v[3] ? " · near threshold" : ""), e.v[3] ? "num near" : "num"));
       body.appendChild(tr);
     });
     var cap = entries.length
@@ -499,12 +504,17 @@
     entries.sort(function (a, b) { return b.v[0] - a.v[0] || a.idx - b.idx; });
     clear(layers.released);
     var frag = document.createDocumentFragment();
-    // lowest first, so the highest counts are drawn on top
-    entries.slice().reverse().forEach(function (e) {
-      frag.appendChild(el("path", {
+    // lowest first, so the highest counts are drawn on top; near-threshold cells last, so no
+    // neighbour's seam covers their dashed outline
+    var order = entries.slice().reverse();
+    order = order.filter(function (e) { return !e.v[3]; }).concat(order.filter(function (e) { return e.v[3]; }));
+    order.forEach(function (e) {
+      var attrs = {
         d: cellPath(e.idx), fill: colour(e.v[0]), tabindex: 0, "data-idx": e.idx, "data-cell": D.cells[e.idx],
-        "data-count": e.v[0], "data-lo": e.v[1], "data-hi": e.v[2]
-      }));
+        "data-count": e.v[0], "data-lo": e.v[1], "data-hi": e.v[2], "data-near": e.v[3] ? 1 : 0
+      };
+      if (e.v[3]) { attrs["class"] = "near"; }
+      frag.appendChild(el("path", attrs));
     });
     layers.released.appendChild(frag);
     drawFlows(w);
