@@ -1,21 +1,33 @@
 # The two commands a newcomer needs (see README.md):
-#   make demo   set up .venv and run the release job on the bundled sample
-#   make test   set up .venv and run the whole test suite (lint, types, tests)
+#   make demo   set up .venv with the base install and run the release job on the bundled sample
+#   make test   set up .venv with every extra ([dev]) and run the whole test suite (lint, types, tests)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | $(PYTHON) -c "import hashlib,sys;print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest()[:12])")
+HASH   := $(shell cat pyproject.toml | $(PYTHON) -c "import hashlib,sys;print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest()[:12])")
+# One stamp per install, named after pyproject.toml's digest: editing it reinstalls.
+# [dev] contains every extra, so a dev install also satisfies the base stamp.
+BASE_STAMP := $(VENV)/.installed-base-$(HASH)
+DEV_STAMP  := $(VENV)/.installed-dev-$(HASH)
 
 .PHONY: demo test system-deps bench clean
 
-$(STAMP): pyproject.toml
+$(BASE_STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	test -f $(DEV_STAMP) || { $(BIN)/python -m pip install --quiet --upgrade pip && \
+	  $(BIN)/python -m pip install --quiet -e .; }
+	rm -f $(VENV)/.installed-base-*
+	touch $@
+
+$(DEV_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	rm -f $(VENV)/.installed-*
-	touch $@
+	rm -f $(VENV)/.installed-dev-* $(VENV)/.installed-base-*
+	touch $@ $(BASE_STAMP)
 
-demo: $(STAMP)
+# The demo needs only the base install (no forecasting, evaluation, GDAL or Spark extras).
+demo: $(BASE_STAMP)
 	$(BIN)/privmob demo --out out/demo
 
 # System packages the tests use, from Debian: Chromium and the Noto CJK fonts for the browser
@@ -30,12 +42,12 @@ system-deps:
 	    { $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
 	      $$missing >/dev/null; } || echo "note: could not install$$missing; the tests that need them will be skipped"; fi
 
-test: $(STAMP) system-deps
+test: $(DEV_STAMP) system-deps
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
-bench: $(STAMP)
+bench: $(DEV_STAMP)
 	$(BIN)/python benchmarks/bench_pipeline.py
 
 clean:

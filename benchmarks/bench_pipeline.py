@@ -37,8 +37,9 @@ import polars_h3 as plh3
 import privmob as pm
 from privmob import ingest, keys, scope, sparse, synth
 from privmob.backends import get_backend
-from privmob.plan import key_vector
+from privmob.noising import key_vector, noise_table
 from privmob.pseudonymise import Pseudonymiser
+from privmob.tablespec import PublicKeys
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -132,8 +133,11 @@ def stages(path: Path, resolution: int) -> dict[str, float]:
     pseudo = Pseudonymiser(KEY.encode(), "2026-11-26")
     seconds["exact aggregate (all stages to counts)"], exact = timed(
         lambda: get_backend("polars").exact_cells(pings, cfg, pseudo, plan.key_cells))
-    seconds["noise + suppress (sparse path, ADR 0005)"], _ = timed(lambda: plan._noise(exact.counts))
-    vec = key_vector(exact.counts, plan.key_cells, cfg.n_windows)
+    occupancy = plan.specs.occupancy
+    seconds["noise + suppress (sparse path, ADR 0005)"], _ = timed(
+        lambda: noise_table(occupancy, exact.counts))
+    assert isinstance(occupancy.keys, PublicKeys)
+    vec = key_vector(occupancy.keys, exact.counts)
     seconds["noise + suppress, every key by OpenDP (before ADR 0005)"], _ = timed(
         lambda: sparse.noise_and_suppress(plan.noise, vec, plan.release_threshold, max_q=0))
     release = plan.release(pings)

@@ -29,16 +29,17 @@ from privmob.errors import (
     ConfigError,
     InputError,
     KeyFileError,
+    MissingExtraError,
     PrivmobError,
     ReleaseExistsError,
     ReleaseWriteError,
     SchemaError,
 )
 from privmob.evaluate import evaluate
-from privmob.flows import release_flows as flows
 from privmob.forecast import Forecast, forecast
 from privmob.ingest import Pings, read_pings
 from privmob.plan import Plan, plan
+from privmob.plan import release_flows as flows
 from privmob.release import ReleasedTable
 
 
@@ -64,6 +65,7 @@ __all__ = [
     "JobConfig",
     "JobSection",
     "KeyFileError",
+    "MissingExtraError",
     "Pings",
     "Plan",
     "PrivacyConfig",

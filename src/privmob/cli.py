@@ -42,12 +42,15 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Help texts are plain: "[job] period" and "[budget]" name TOML sections, and Rich markup
+    # would swallow them as style tags.
+    rich_markup_mode=None,
 )
-keys_app = typer.Typer(help="Make and manage key files.", no_args_is_help=True)
+keys_app = typer.Typer(help="Make and manage key files.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(keys_app, name="keys")
-budget_app = typer.Typer(help="The privacy budget ledger.", no_args_is_help=True)
+budget_app = typer.Typer(help="The privacy budget ledger.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(budget_app, name="budget")
-audit_app = typer.Typer(help="The audit log.", no_args_is_help=True)
+audit_app = typer.Typer(help="The audit log.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(audit_app, name="audit")
 
 EXIT_VERIFY_FAILED = 1
@@ -100,9 +103,19 @@ def _output_dir(cfg: JobConfig) -> Path:
     return out
 
 
+def _print_version(value: bool) -> None:
+    """``--version``: print the version and stop before any command runs."""
+    if value:
+        _out.print(__version__, markup=False)
+        raise typer.Exit(0)
+
+
 @app.callback()
 def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    version: Annotated[bool, typer.Option(
+        "--version", help="Print the privmob version and exit.", callback=_print_version,
+        is_eager=True)] = False,
 ) -> None:
     _state["debug"] = debug
 
@@ -169,6 +182,9 @@ def _next_free(out: Path) -> Path:
 def run(
     job: Annotated[Path, typer.Argument(help="Job file (TOML).")],
     period: Annotated[str | None, typer.Option(help="Local day YYYY-MM-DD; overrides [job] period.")] = None,
+    key_file: Annotated[Path | None, typer.Option(
+        help="Pseudonymisation key file (mode 0600; `privmob keys pseudonym FILE` makes one); "
+             "overrides [job] key_file.")] = None,
     from_store: Annotated[bool, typer.Option(
         "--from-store", help="Start from the working store's positions instead of [job] input.")] = False,
     dry_run: Annotated[bool, typer.Option(
@@ -181,18 +197,18 @@ def run(
 ) -> None:
     """Run a release job: read the input, release, write the output folder.
 
-    This is what cron or a systemd timer calls (see README "Scheduling").
+    This is what cron or a systemd timer calls (see README "Scheduling"). The release is
+    charged to the job's [budget] ledger; a job without [budget] charges the default ledger
+    ($PRIVMOB_LEDGER), as a Python release does, and says so.
     """
     if log_format not in ("text", "json"):
         raise ConfigError("--log-format must be 'text' or 'json'")
     cfg = _load(job, period)
+    if key_file is not None:
+        cfg = cfg.with_overrides(job__key_file=str(key_file))
     if cfg.job.input is None and not from_store:
         raise ConfigError("[job] input is not set: name the pings file to release from")
-    if cfg.budget is None:
-        raise ConfigError(
-            "a scheduled release must be accounted: add a [budget] section with ledger = "
-            "\"...sqlite\" and epsilon_per_day (or rho_per_day)"
-        )
+    _require_key(cfg, job)
     p = make_plan(cfg)
     if dry_run:
         _dry_run(p, from_store)
@@ -203,7 +219,8 @@ def run(
     reporter = _Reporter(log_format, quiet)
     try:
         reporter.emit("start", job=str(job), dataset=cfg.dataset, period=p.key_period,
-                      operator=cfg.job.operator)
+                      operator=cfg.job.operator, ledger=str(p.budget_config().ledger)
+                      + ("" if cfg.budget is not None else " (default: no [budget] in the job)"))
         source = p.stored_pings() if from_store else cfg.job.input
         release = p.release(source, write_to=out, store=not from_store, force=force,
                             progress=reporter.stage)
@@ -219,9 +236,45 @@ def run(
                   epsilon=m["epsilon"], output=str(out), signed_by=signed or "UNSIGNED")
     if not quiet and log_format == "text":
         _err.print(
-            f"released {m['cells_released']} cells ({m['mechanism']}, ε={m['epsilon']:g}) → {out}"
-            + (f"; signed by {signed}" if signed else "; UNSIGNED"),
+            f"released {m['cells_released']} cells ({m['mechanism']}, ε={m['epsilon']:g}) → {_shown(out)}"
+            + (f"; signed by {signed}" if signed else "; UNSIGNED")
+            + ("" if cfg.budget is not None
+               else f"; charged to the default ledger {p.budget_config().ledger} (no [budget])"),
             markup=False,
+        )
+
+
+def _shown(path: Path) -> str:
+    """``path`` as a person would type it here: relative to the working folder when inside
+    it, with ``..`` folded away (job-file paths are joined onto the job's folder)."""
+    plain = os.path.normpath(path)
+    try:
+        inside = Path(plain).resolve().is_relative_to(Path.cwd().resolve())
+    except OSError:
+        inside = False
+    return os.path.relpath(plain) if inside else plain
+
+
+#: Where the key of a job that names none is suggested to go (``secrets/`` is git-ignored).
+SUGGESTED_KEY_FILE = Path("secrets") / "pseudonym.key"
+
+
+def _require_key(cfg: JobConfig, job: Path) -> None:
+    """A job without a usable key is told the exact commands that give it one, before any
+    ledger or data is touched: the missing file it names, or (naming none, with no
+    environment key) a new file passed with ``--key-file``."""
+    key = cfg.job.key_file
+    if key is not None and not key.exists() and not key.is_symlink():
+        raise KeyFileError(
+            f"pseudonymisation key file {_shown(key)} does not exist; create it (once) with "
+            f"`privmob keys pseudonym {_shown(key)}`"
+        )
+    if key is None and not os.environ.get(cfg.job.key_env):
+        new = SUGGESTED_KEY_FILE
+        raise KeyFileError(
+            f"no pseudonymisation key: {_shown(job)} names no [job] key_file and {cfg.job.key_env} "
+            f"is not set; create one (once) with `privmob keys pseudonym {new}` and run "
+            f"`privmob run {_shown(job)} --key-file {new}` (or name it in [job] key_file)"
         )
 
 
@@ -424,7 +477,8 @@ def report(
     directory: Annotated[Path, typer.Argument(help="A release folder.")],
     out: Annotated[Path | None, typer.Option(help="Where to draw (default: DIR-report).")] = None,
     boundary: Annotated[Path | None, typer.Option(help="Boundary GeoJSON to outline and to show "
-                                                  "withheld public-key cells.")] = None,
+                                                  "withheld public-key cells (default: the "
+                                                  "release's own boundary.geojson).")] = None,
     window: Annotated[int | None, typer.Option(help="Window index for the single heatmap.")] = None,
 ) -> None:
     """Draw heatmaps (PNG, PDF) and the offline HTML report from an existing release.
@@ -624,6 +678,7 @@ def budget_show(
     """Spent, pending and remaining budget per dataset and day."""
     import json
 
+    from rich import box
     from rich.table import Table
 
     led = _open_ledger(ledger, job)
@@ -632,16 +687,24 @@ def budget_show(
     if json_out:
         _out.print(json.dumps([r.as_dict() for r in rows], indent=2), markup=False)
         return
-    table = Table(title=f"privacy budget — {path}")
-    for col in ("dataset", "day", "budget", "spent", "pending", "remaining", "δ spent", "releases"):
-        table.add_column(col, justify="left" if col in ("dataset", "day") else "right")
-    for r in rows:
-        name = "ρ" if r.mode == "rho" else "ε"
-        table.add_row(r.dataset, r.day, f"{name} {float(r.limit or 0):g}", f"{float(r.spent):g}",
-                      f"{float(r.pending):g}",
-                      "?" if r.remaining is None else f"{float(r.remaining):g}",
-                      f"{float(r.delta_spent):.3g}", str(r.releases))
-    _out.print(table)
+    _out.print(f"privacy budget — {path}", markup=False)
+    for dataset in dict.fromkeys(r.dataset for r in rows):
+        # One table per dataset, its name on a line of its own: a long name (or path) wraps
+        # instead of squeezing the numbers, so nothing is cut at 80 columns.
+        _out.print(f"\ndataset {dataset}", markup=False)
+        table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+        for col in ("day", "budget", "spent", "pending", "remaining", "δ spent", "releases"):
+            # "fold": a value wider than the terminal breaks onto the next line, never "…".
+            table.add_column(col, justify="left" if col == "day" else "right", overflow="fold")
+        for r in rows:
+            if r.dataset != dataset:
+                continue
+            name = "ρ" if r.mode == "rho" else "ε"
+            table.add_row(r.day, f"{name} {float(r.limit or 0):g}", f"{float(r.spent):g}",
+                          f"{float(r.pending):g}",
+                          "?" if r.remaining is None else f"{float(r.remaining):g}",
+                          f"{float(r.delta_spent):.3g}", str(r.releases))
+        _out.print(table)
     if any(r.mode == "rho" for r in rows):
         _out.print("ρ budgets: spent ρ as (ε, δ) by OpenDP's conversion — "
                    + ", ".join(f"{r.day}: ε ≈ {r.epsilon_equivalent():.3g}" for r in rows

@@ -8,6 +8,9 @@ with what to do about it; they never contain a raw identifier or a secret.
 
 from __future__ import annotations
 
+import importlib
+from types import ModuleType
+
 __all__ = [
     "BackendUnavailableError",
     "BoundaryError",
@@ -16,10 +19,12 @@ __all__ = [
     "InputError",
     "KeyFileError",
     "LedgerIntegrityError",
+    "MissingExtraError",
     "PrivmobError",
     "ReleaseExistsError",
     "ReleaseWriteError",
     "SchemaError",
+    "import_extra",
 ]
 
 
@@ -76,3 +81,49 @@ class LedgerIntegrityError(PrivmobError):
 
     Raised before anything is read or charged: a budget that can be edited does not bind.
     """
+
+
+class MissingExtraError(PrivmobError, ImportError):
+    """An optional part of privmob was used without the extra that installs its dependency.
+
+    ``pip install privmob`` installs what a release needs (and the demo, with its reports);
+    forecasts, the utility metrics, GDAL boundary layers and Spark each come with an extra.
+    The message names the exact ``pip install 'privmob[...]'`` line; ``extra`` holds its name.
+    """
+
+    def __init__(self, message: str, *, extra: str = "", package: str = "") -> None:
+        super().__init__(message)
+        self.extra = extra
+        self.package = package
+
+
+def import_extra(module: str, *, extra: str, purpose: str, package: str | None = None) -> ModuleType:
+    """Import ``module``, an optional dependency, or say which extra installs it.
+
+    Parameters
+    ----------
+    module
+        Dotted module name, e.g. ``"statsmodels.tsa.exponential_smoothing.ets"``.
+    extra
+        The privmob extra that installs it (``"forecast"``, ``"eval"``, ``"geo"``, ``"spark"``).
+    purpose
+        What needs it, as the start of a sentence: ``"privmob.forecast (ETS models)"``.
+    package
+        The distribution to name in the message; default the top-level module name.
+
+    Raises
+    ------
+    MissingExtraError
+        When the import fails; exit code 2 on the command line.
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        name = package or module.partition(".")[0]
+        missing = getattr(exc, "name", None) or name
+        raise MissingExtraError(
+            f"{purpose} needs {name}, which is not installed (could not import {missing}); "
+            f"install it with `pip install 'privmob[{extra}]'`",
+            extra=extra,
+            package=name,
+        ) from exc

@@ -13,10 +13,12 @@ missing from the release was suppressed)
 ``emd_km`` (cells)
     Earth mover's distance between the true and the released heatmap of each window, on
     H3 cell centroids with great-circle (haversine) cost in km, by POT's exact solver
-    (``ot.emd2``). Both heatmaps are normalised to mass 1 first, so it measures *where*
-    the mass sits (how far, on average, released mass must move to match the truth), not
-    how much. Averaged over windows weighted by true mass; a window whose release is empty
-    has no EMD and is left out (``emd_mass_share`` says how much true mass was covered).
+    (``ot.emd2``; POT is the ``[eval]`` extra, ``pip install 'privmob[eval]'``, imported
+    on first use: without it cells raise :class:`~privmob.errors.MissingExtraError`).
+    Both heatmaps are normalised to mass 1 first, so it measures *where* the mass sits
+    (how far, on average, released mass must move to match the truth), not how much.
+    Averaged over windows weighted by true mass; a window whose release is empty has no
+    EMD and is left out (``emd_mass_share`` says how much true mass was covered).
 ``jsd``
     Jensen–Shannon divergence (base 2, in [0, 1]) between the normalised true and
     released distributions over keys, per window, true-mass-weighted; a window with true
@@ -43,7 +45,6 @@ missing from the release was suppressed)
 
 from __future__ import annotations
 
-import importlib
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -55,7 +56,7 @@ import polars as pl
 import polars_h3 as plh3
 
 from privmob.config import JobConfig
-from privmob.errors import InputError
+from privmob.errors import InputError, import_extra
 from privmob.release import ReleasedTable
 
 __all__ = ["evaluate", "haversine_km", "truth_counts"]
@@ -210,7 +211,7 @@ def truth_counts(pings: Any, config: JobConfig, *, bounded: bool,
         private data**: never publish it.
     """
     from privmob import index, scope
-    from privmob.backends._polars import PolarsBackend
+    from privmob.backends import PolarsBackend
     from privmob.plan import plan
     from privmob.pseudonymise import Pseudonymiser, load_key
 
@@ -224,7 +225,7 @@ def truth_counts(pings: Any, config: JobConfig, *, bounded: bool,
     else:
         start = int(config.period_start.timestamp())
         counts = (
-            engine._validated(pings, config)  # same ingest/validate/scope as a release
+            engine.validated(pings, config)  # same ingest/validate/scope as a release
             .filter(pl.col("status") == scope.OK)
             .select("person_id", index.window(start, config.grid.window_seconds).alias("window"),
                     index.cell(config.grid.resolution).alias("cell"))
@@ -289,8 +290,6 @@ def _emd_km(cells: list[str], t: _F64, r: _F64, centroids: dict[str, tuple[float
 
 
 def _ot() -> Any:
-    try:
-        return importlib.import_module("ot")
-    except ImportError as exc:  # pragma: no cover - a declared dependency
-        raise ImportError("evaluate needs POT for the earth mover's distance: `pip install pot`") from exc
-
+    """POT, the ``[eval]`` extra, imported on first use (only cells need an EMD)."""
+    return import_extra("ot", extra="eval", purpose="privmob.evaluate (earth mover's distance)",
+                        package="pot")

@@ -9,13 +9,15 @@ window in which it departs.
 Contribution bounding mirrors occupancy: per person at most ``max_trips_per_window`` trips
 in a window (the longest ones, ties by a keyed value) and at most ``max_windows`` windows
 (those with most trips). A person then changes at most k·w (origin, destination, window)
-counts by one, so L1 = k·w and L2 = √(k·w), exactly as for cells; the noise, threshold and
-suppression code is the occupancy code.
+counts by one, so L1 = k·w and L2 = √(k·w), exactly as for cells. This module stops at the
+exact, bounded counts (:class:`ExactFlows`); the flows table is then noised, thresholded and
+suppressed by the same path as every table (:mod:`privmob.tablespec`, :mod:`privmob.noising`).
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +31,7 @@ from privmob.config import FlowsConfig, JobConfig, parse_duration
 from privmob.errors import BoundaryError
 from privmob.stays import StayParams, stays, trips
 
-__all__ = ["ExactFlows", "Units", "exact_flows", "load_units"]
+__all__ = ["ExactFlows", "Units", "exact_flows", "load_units", "n_windows", "unit_coordinates"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -60,12 +62,12 @@ class Units:
 def load_units(path: Path, prop: str, crs: str = "wgs84") -> Units:
     """Polygons of a boundary layer, one unit per distinct value of ``prop`` (converted
     to WGS-84 from ``crs``)."""
-    import geopandas as gpd
     from shapely import make_valid, union_all
 
     from privmob.config import read_small_file
-    from privmob.errors import ConfigError
+    from privmob.errors import ConfigError, import_extra
 
+    gpd = import_extra("geopandas", extra="geo", purpose="flows (reading the unit polygons)")
     try:
         data = read_small_file(path, "flows boundary file", limit=512 << 20)
     except ConfigError as exc:
@@ -182,6 +184,17 @@ def n_windows(config: JobConfig) -> int:
     return _n_windows(config, config.flows)
 
 
+def unit_coordinates(names: Iterable[str], units: Units | None) -> dict[str, tuple[float, float]]:
+    """(lat, lng) to draw each unit at: a point inside its polygon, or the H3 cell centre."""
+    if units is not None:
+        where = dict(zip(units.names, units.geometries, strict=True))
+        return {n: (where[n].representative_point().y, where[n].representative_point().x)  # type: ignore[attr-defined]
+                for n in names}
+    import h3
+
+    return {c: h3.cell_to_latlng(c) for c in names}
+
+
 def _locate(trip_frame: pl.DataFrame, fc: FlowsConfig, units: Units | None) -> pl.DataFrame:
     if fc.units == "cells":
         return trip_frame.with_columns(
@@ -196,24 +209,3 @@ def _locate(trip_frame: pl.DataFrame, fc: FlowsConfig, units: Units | None) -> p
         pl.Series("origin", names[o], dtype=pl.String),
         pl.Series("destination", names[d], dtype=pl.String),
     )
-
-
-def release_flows(pings: object, config: JobConfig, **options: object) -> object:
-    """Release occupancy and origin–destination flows of ``pings`` in one budgeted run.
-
-    ``options`` are ``[flows]`` settings (``units``, ``boundary``, ``epsilon``,
-    ``max_trips_per_window``, ...) added to ``config``; the result is the
-    :class:`~privmob.release.ReleasedTable`, whose ``.flows`` holds the OD table.
-
-    Examples
-    --------
-    >>> release = pm.flows("pings.parquet", cfg, units="boundary",  # doctest: +SKIP
-    ...                    boundary="districts.geojson", epsilon=0.5)
-    >>> release.flows.head()  # doctest: +SKIP
-    """
-    from privmob.plan import plan
-
-    overrides = {f"flows__{k}": v for k, v in options.items()}
-    if config.flows is None and "flows__units" not in overrides:
-        overrides["flows__units"] = "cells"
-    return plan(config.with_overrides(**overrides)).release(pings)

@@ -47,8 +47,10 @@ Method, per key (an H3 cell, or an OD pair)
 5. **Clipping.** Counts of persons are never negative: ``forecast`` and ``lo`` are
    clipped at 0 (post-processing).
 
-statsmodels and pandas are imported when :func:`forecast` first runs, not with
-``import privmob``.
+statsmodels and pandas are imported when :func:`forecast` first fits an ETS model, not
+with ``import privmob``; they come with the ``[forecast]`` extra (``pip install
+'privmob[forecast]'``). Without it an ETS fit raises
+:class:`~privmob.errors.MissingExtraError`; ``method="seasonal_naive"`` needs no extra.
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ import numpy.typing as npt
 import polars as pl
 
 from privmob.config import parse_duration
-from privmob.errors import ConfigError, InputError
+from privmob.errors import ConfigError, InputError, import_extra
 from privmob.release import ReleasedTable
 
 __all__ = ["MAX_SERIES", "Forecast", "forecast"]
@@ -409,13 +411,10 @@ def _matrix(src: _Source, key_frame: pl.DataFrame,
 
 # -- models ---------------------------------------------------------------------------------
 def _statsmodels() -> tuple[Any, Any]:
-    try:
-        ets = importlib.import_module("statsmodels.tsa.exponential_smoothing.ets")
-        pd = importlib.import_module("pandas")
-    except ImportError as exc:  # pragma: no cover - a declared dependency
-        raise ImportError(
-            "forecast needs statsmodels (and pandas); install them with `pip install statsmodels`"
-        ) from exc
+    """statsmodels' ETS module and pandas: the ``[forecast]`` extra, imported on first use."""
+    ets = import_extra("statsmodels.tsa.exponential_smoothing.ets", extra="forecast",
+                       purpose="privmob.forecast (ETS models)", package="statsmodels")
+    pd = import_extra("pandas", extra="forecast", purpose="privmob.forecast (ETS models)")
     return ets, pd
 
 

@@ -23,9 +23,10 @@ import h3.api.basic_int as h3_int
 import numpy as np
 import numpy.typing as npt
 
-from privmob.errors import BoundaryError
+from privmob.errors import BoundaryError, import_extra
 
-__all__ = ["MAX_KEY_CELLS", "Boundary", "estimated_cells", "load_boundary", "release_boundary"]
+__all__ = ["BOUNDARY_FILE", "MAX_KEY_CELLS", "Boundary", "boundary_document", "estimated_cells",
+           "load_boundary", "release_boundary"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -165,30 +166,77 @@ def _write_cached(path: Path, cells: npt.NDArray[np.uint64]) -> None:
             os.unlink(tmp)
 
 
+#: The boundary a release with public keys carries in its folder (public data, signed with
+#: the rest), so its reports draw the outline and the withheld cells without --boundary.
+BOUNDARY_FILE = "boundary.geojson"
+
+
 def release_boundary(path: Path, key_label: str) -> tuple[Boundary, str | None]:
     """The boundary a release's public keys (manifest ``keys``) were drawn from, for drawing it.
 
-    Returns the boundary — with the release's feature selection when ``path`` is the file the
-    keys came from — and, when it is not that file, a sentence saying so (reports draw the
-    file's cells then, which may differ from the release's keys).
+    Returns the boundary — with the release's feature selection and datum when ``path`` is
+    the file the keys came from, or as is when it is the release's own
+    :data:`BOUNDARY_FILE` standing for those keys (see :func:`boundary_document`) — and,
+    when it is neither, a sentence saying so (reports draw the file's cells then, which may
+    differ from the release's keys).
     """
     try:
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        data = path.read_bytes()
     except OSError as exc:
         raise BoundaryError(f"cannot read the boundary file {path}: {exc.strerror or exc}") from exc
+    digest = hashlib.sha256(data).hexdigest()
     label, _, query = key_label.partition("?")
     where: dict[str, str] = {}
     note = None
     if label.startswith("public:"):
-        if label != f"public:{digest}":
+        if label == f"public:{digest}":
+            where = dict(part.split("=", 1) for part in query.split("&") if "=" in part)
+        elif _stands_for(data) != key_label:
             note = (
                 f"The boundary file {path.name} is not the one this release's keys were drawn from "
                 f"(keys {label[:19]}…, file sha256:{digest[:12]}…): the withheld cells shown are this "
                 "file's cells, which may differ from the release's key cells."
             )
-        else:
-            where = dict(part.split("=", 1) for part in query.split("&") if "=" in part)
-    return load_boundary(path, where or None), note
+    # The datum load_boundary added to the label is not a feature property to select by.
+    crs = where.pop("crs") if where.get("crs") in ("gcj02", "bd09") else "wgs84"
+    return load_boundary(path, where or None, crs), note
+
+
+def boundary_document(path: Path, key_label: str) -> bytes | None:
+    """The bytes of :data:`BOUNDARY_FILE` for a release whose keys are ``key_label``.
+
+    The boundary file itself when the keys came from all of it, as plain WGS-84 GeoJSON:
+    its sha256 is then the one in the label. Otherwise (a feature selection, a converted
+    datum, another format) the selected area, merged and in WGS-84, as one GeoJSON feature
+    whose ``privmob.keys`` names the label it stands for. None when the keys are not
+    public or ``path`` is no longer the file they came from (nothing is carried then).
+    """
+    label, _, query = key_label.partition("?")
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    if label != f"public:{hashlib.sha256(data).hexdigest()}":
+        return None
+    if not query and _plain_geojson_polygons(data) is not None:
+        return data
+    boundary, _ = release_boundary(path, key_label)
+    from shapely.geometry import mapping
+
+    doc = {"type": "FeatureCollection", "privmob": {"keys": key_label, "source": path.name},
+           "features": [{"type": "Feature", "properties": {}, "geometry": mapping(boundary.geometry)}]}
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def _stands_for(data: bytes) -> str | None:
+    """The keys label a :func:`boundary_document` says it stands for, if it is one."""
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        return None
+    meta = doc.get("privmob") if isinstance(doc, dict) else None
+    keys = meta.get("keys") if isinstance(meta, dict) else None
+    return keys if isinstance(keys, str) else None
 
 
 def load_boundary(path: Path, where: Mapping[str, str] | None = None,
@@ -303,8 +351,8 @@ def _closed_ring(ring: Any) -> bool:
 
 def _read_polygons(path: Path, where: Mapping[str, str]) -> list[Any]:
     """The selected polygons of any vector layer GDAL reads, in WGS-84."""
-    import geopandas as gpd  # heavy; only needed when a boundary is not plain GeoJSON
-
+    # heavy (pandas, pyproj, GDAL): the [geo] extra, only needed when a boundary is not plain GeoJSON
+    gpd = import_extra("geopandas", extra="geo", purpose="a boundary file that is not plain GeoJSON")
     try:
         frame = gpd.read_file(path)
     except Exception as exc:  # pyogrio raises several unrelated types

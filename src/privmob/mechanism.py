@@ -32,12 +32,14 @@ from privmob.accountant import PrivacyCost, exact
 from privmob.config import PrivacyConfig
 from privmob.errors import ConfigError
 
-__all__ = ["NoiseModel", "Sensitivity", "calibrate", "noise_counts", "threshold_counts"]
+__all__ = ["NoiseModel", "Sensitivity", "calibrate", "noise_counts", "opendp", "suppress",
+           "threshold_counts", "threshold_for"]
 
 _CHUNK = 32_768
 
 
-def _dp() -> Any:
+def opendp() -> Any:
+    """OpenDP's prelude with the ``contrib`` features privmob's measurements need."""
     import opendp.prelude as dp
 
     dp.enable_features("contrib")
@@ -131,7 +133,7 @@ class NoiseModel:
     # -- the OpenDP measurements ---------------------------------------------------------
     def measurement(self) -> Any:
         """The OpenDP measurement over a vector of integer counts."""
-        dp = _dp()
+        dp = opendp()
         if self.mechanism == "laplace":
             space = dp.vector_domain(dp.atom_domain(T=int)), dp.l1_distance(T=int)
             return dp.m.make_laplace(*space, scale=self.scale)
@@ -147,7 +149,7 @@ def calibrate(privacy: PrivacyConfig, sensitivity: Sensitivity, *,
     conversion fits the configured ε and δ − ``threshold_delta`` (the δ a key-selection
     threshold will need), then σ = L2/√(2ρ).
     """
-    dp = _dp()
+    dp = opendp()
     eps = exact(privacy.epsilon)
     if privacy.mechanism == "laplace":
         scale = sensitivity.l1 / privacy.epsilon
@@ -207,7 +209,7 @@ def _check_scale(scale: float, epsilon: float) -> None:
 
 def rho_to_epsilon(rho: float, delta: float) -> float:
     """The ε of ρ-zCDP at ``delta``, by OpenDP's conversion."""
-    dp = _dp()
+    dp = opendp()
     meas = dp.m.make_gaussian(dp.atom_domain(T=float, nan=False), dp.absolute_distance(T=float),
                               scale=1 / math.sqrt(2 * rho))
     return float(dp.c.make_fix_delta(dp.c.make_zCDP_to_approxDP(meas), delta).map(1.0)[0])
@@ -233,6 +235,15 @@ def noise_counts(model: NoiseModel, counts: npt.NDArray[np.int64],
     return out
 
 
+def suppress(noisy: npt.NDArray[np.int64], threshold: int) -> npt.NDArray[np.bool_]:
+    """Mask of keys to publish: noisy count ≥ threshold (never the exact count).
+
+    Comparing the *noisy* count is post-processing of a DP output and costs nothing;
+    comparing the exact count would leak ("fewer than τ") through an absence.
+    """
+    return noisy >= threshold
+
+
 def threshold_counts(model: NoiseModel, keys: Sequence[str], counts: Sequence[int],
                      min_threshold: int, delta: float) -> tuple[dict[str, int], int, float]:
     """Release data-dependent keys with OpenDP's noise-threshold mechanism.
@@ -250,7 +261,7 @@ def threshold_counts(model: NoiseModel, keys: Sequence[str], counts: Sequence[in
 
 
 def _threshold_measurement(model: NoiseModel) -> tuple[Any, tuple[int, int, int]]:
-    dp = _dp()
+    dp = opendp()
     dom = dp.map_domain(dp.atom_domain(T=str), dp.atom_domain(T=int))
     if model.mechanism == "laplace":
         metric = dp.l01inf_distance(dp.absolute_distance(T=int))

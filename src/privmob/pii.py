@@ -42,6 +42,7 @@ __all__ = [
     "counts_from_row",
     "describe",
     "email",
+    "findings",
     "identifier_by_name",
     "mobile",
     "resident_id",
@@ -230,6 +231,32 @@ def counts_from_row(row: Mapping[str, int | None]) -> dict[str, dict[str, int]]:
         if kind in KINDS:
             counts.setdefault(column, {})[kind] = int(value)
     return {c: {k: kinds[k] for k in KINDS if k in kinds} for c, kinds in counts.items()}
+
+
+def findings(counted: pl.DataFrame | None,
+             scanned: Mapping[str, int | None]) -> dict[str, dict[str, int]]:
+    """Every PII finding of an input, from what the engine counted: ``{column: {kind: n}}``.
+
+    ``group`` is low-cardinality, so it is not scanned row by row: each distinct value of
+    ``counted`` (``group``, ``n`` rows: the row counts per status and group the engine
+    keeps anyway) is checked once and weighted by its rows. ``counted`` is None when the
+    input has no ``group`` column (``[scope] assume_group`` then fills in a configured
+    group, which is not input). ``scanned`` holds the :func:`scan_exprs` aggregates of the
+    other columns, summed. Both engines call this, so they report the same findings.
+
+    >>> counted = pl.DataFrame({"group": ["confirmed", "call 13812345678"], "n": [9, 2]})
+    >>> findings(counted, {"pii:note:email": 1})
+    {'group': {'mobile': 2}, 'note': {'email': 1}}
+    """
+    found: dict[str, dict[str, int]] = {}
+    if counted is not None:
+        weighted = counted.select(
+            [(check(pl.col("group")).cast(pl.Int64) * pl.col("n")).sum().alias(f"{_PREFIX}group:{kind}")
+             for kind, check in (("resident_id", resident_id), ("mobile", mobile), ("email", email))]
+        )
+        found.update(counts_from_row(weighted.row(0, named=True)))
+    found.update(counts_from_row(scanned))
+    return found
 
 
 _NOUNS: Final[dict[str, tuple[str, str]]] = {

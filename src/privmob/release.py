@@ -1,8 +1,10 @@
-"""Stages 8–9 — suppress and release: what may leave the package, and how it is written.
+"""Stage 9 — release: what may leave the package, and how it is written.
 
-Suppression compares the *noisy* count with the threshold. That is post-processing of a
-DP output and costs nothing; comparing the exact count instead would leak (an attacker
-learns "fewer than N" from an absence).
+The tables arrive noised and suppressed (:func:`privmob.noising.noise_table`; suppression,
+:func:`privmob.mechanism.suppress`, compares the *noisy* count with the threshold — never the
+exact one, which would leak "fewer than N" through an absence). Here they get their public
+form (H3 cell strings, window start times, unit coordinates) and are written as data files;
+reports are drawn by :func:`privmob.publish.publish`, one stage above.
 
 A release is written atomically: every file goes into a hidden temporary folder beside
 the target, is flushed to disk, and the folder is renamed into place. A crash leaves either
@@ -18,7 +20,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,20 +30,23 @@ import numpy as np
 import numpy.typing as npt
 import polars as pl
 import polars_h3 as plh3
-import pyarrow.parquet as pq
 
 from privmob.errors import ReleaseExistsError, ReleaseWriteError
+from privmob.mechanism import suppress  # public here too, as before (in __all__)
 
 if TYPE_CHECKING:
     from privmob.mechanism import NoiseModel
 
-__all__ = ["FLOWS_FILES", "RELEASE_FILES", "ReleasedTable", "build_table", "read_operator_record",
-           "suppress", "write_operator_record"]
+__all__ = ["FLOWS_FILES", "RELEASE_FILES", "ReleasedTable", "build_table", "cell_table", "flows_table",
+           "read_operator_record", "suppress", "write_operator_record"]
 
 #: The files every release directory holds (signatures and reports add to it later).
 RELEASE_FILES = ("release.parquet", "release.csv", "release.geojson", "manifest.json")
 #: Added when the release has origin–destination flows.
 FLOWS_FILES = ("flows.parquet", "flows.csv", "flows.geojson")
+
+#: Draws files from a release into a folder being written, returning their names.
+ExtraFiles = Callable[["ReleasedTable", Path], list[str]]
 
 _SCHEMA = {
     "cell": pl.String,
@@ -65,9 +70,28 @@ def release_zone(manifest: Mapping[str, Any]) -> tuple[dt.tzinfo, str]:
         return dt.UTC, "UTC"
 
 
-def suppress(noisy: npt.NDArray[np.int64], threshold: int) -> npt.NDArray[np.bool_]:
-    """Mask of keys to publish: noisy count ≥ threshold (never the exact count)."""
-    return noisy >= threshold
+def local_csv(frame: pl.DataFrame, manifest: Mapping[str, Any]) -> str:
+    """``frame`` as CSV text, every time column in the release's local zone with its offset.
+
+    ISO 8601 with the offset (``2026-11-26T00:00:00+08:00``): a reader in Beijing sees the
+    local day the window belongs to (in UTC the first windows show the day before), and the
+    offset keeps the instant exact. Parquet keeps tz-aware UTC timestamps. A naive column
+    is UTC, as the release writes them.
+    """
+    _, zone = release_zone(manifest)
+    try:
+        return _csv_in_zone(frame, zone)
+    except pl.exceptions.PolarsError:  # a zone Python knows and Polars does not: UTC
+        return _csv_in_zone(frame, "UTC")
+
+
+def _csv_in_zone(frame: pl.DataFrame, zone: str) -> str:
+    formatted = [
+        (pl.col(name) if dtype.time_zone else pl.col(name).dt.replace_time_zone("UTC"))
+        .dt.convert_time_zone(zone).dt.strftime("%Y-%m-%dT%H:%M:%S%:z")
+        for name, dtype in frame.schema.items() if isinstance(dtype, pl.Datetime)
+    ]
+    return frame.with_columns(formatted).write_csv()
 
 
 def build_table(
@@ -80,21 +104,17 @@ def build_table(
     noise: NoiseModel,
     threshold: int,
 ) -> pl.DataFrame:
-    """The public table: H3 cell string, window start (UTC), count, its 95% interval and
-    whether it is near the threshold.
+    """The public table of released (cell, window, noisy count) triples: H3 cell string,
+    window start (UTC), count, its selection-aware 95% interval and whether it is near the
+    threshold (:func:`privmob.noising.annotate`; all of it post-processing).
 
-    A count is here because its noisy value cleared ``threshold``, which biases small true
-    counts upward; ``ci_low``/``ci_high`` are therefore the selection-aware interval
-    (:func:`privmob.intervals.selection_interval`: 95% coverage given publication, ≥ 0),
-    not ``count ± half-width``. ``near_threshold`` marks counts below τ + the unconditional
-    95% half-width, where that bias matters. All of it is post-processing.
+    The release path builds the same from a :class:`~privmob.noising.NoisyTable` with
+    :func:`cell_table`; this is the form for counts already noised elsewhere.
     """
-    from privmob.intervals import near_threshold, selection_interval
+    from privmob.noising import annotate
 
     noisy = np.asarray(noisy, dtype=np.int64)
-    ci_low, ci_high = selection_interval(noise, threshold, noisy, 0.95)
-    near = near_threshold(noisy, threshold, noise.ci_halfwidth(0.95))
-    start_us = int(period_start.timestamp()) * 1_000_000
+    ci_low, ci_high, near = annotate(noise, threshold, noisy)
     frame = pl.DataFrame(
         {
             "cell": pl.Series(cells, dtype=pl.UInt64),
@@ -105,13 +125,22 @@ def build_table(
             "near_threshold": pl.Series(near, dtype=pl.Boolean),
         }
     )
+    return cell_table(frame, period_start=period_start, window_seconds=window_seconds)
+
+
+def _window_start(period_start: dt.datetime, window_seconds: int) -> pl.Expr:
+    start_us = int(period_start.timestamp()) * 1_000_000
+    return ((pl.lit(start_us) + pl.col("window").cast(pl.Int64) * (window_seconds * 1_000_000))
+            .cast(pl.Datetime("us")).dt.replace_time_zone("UTC").alias("window_start"))
+
+
+def cell_table(frame: pl.DataFrame, *, period_start: dt.datetime, window_seconds: int) -> pl.DataFrame:
+    """Released cell counts (``cell`` UInt64, ``window``, ``count``, ``ci_low``, ``ci_high``,
+    ``near_threshold``) as the public table: H3 cell strings and window start times (UTC)."""
     return (
         frame.select(
-            plh3.int_to_str("cell").alias("cell"),
-            (pl.lit(start_us) + pl.col("window") * (window_seconds * 1_000_000))
-            .cast(pl.Datetime("us"))
-            .dt.replace_time_zone("UTC")
-            .alias("window_start"),
+            plh3.int_to_str(pl.col("cell").cast(pl.UInt64)).alias("cell"),
+            _window_start(period_start, window_seconds),
             "count",
             "ci_low",
             "ci_high",
@@ -120,6 +149,37 @@ def build_table(
         .sort("window_start", "cell")
         .cast(_SCHEMA)  # type: ignore[arg-type]
     )
+
+
+def flows_table(frame: pl.DataFrame, coordinates: Mapping[str, tuple[float, float]], *,
+                period_start: dt.datetime, window_seconds: int) -> pl.DataFrame:
+    """Released OD counts (``origin``, ``destination``, ``window`` and the value columns) as
+    the public flows table: window start times and each unit's (lat, lng) for drawing."""
+    lat = {k: v[0] for k, v in coordinates.items()}
+    lng = {k: v[1] for k, v in coordinates.items()}
+    return frame.select(
+        pl.col("origin").cast(pl.String), pl.col("destination").cast(pl.String),
+        _window_start(period_start, window_seconds), "count", "ci_low", "ci_high", "near_threshold",
+    ).with_columns(
+        pl.col("origin").replace_strict(lat, return_dtype=pl.Float64).alias("origin_lat"),
+        pl.col("origin").replace_strict(lng, return_dtype=pl.Float64).alias("origin_lng"),
+        pl.col("destination").replace_strict(lat, return_dtype=pl.Float64).alias("dest_lat"),
+        pl.col("destination").replace_strict(lng, return_dtype=pl.Float64).alias("dest_lng"),
+    ).sort("window_start", "origin", "destination")
+
+
+def write_marked_parquet(frame: pl.DataFrame, path: Path, meta: Mapping[str, str]) -> None:
+    """Write ``frame`` as Parquet carrying ``meta`` (the marking, the release id) inside the file.
+
+    Written by Polars, so a release needs no pyarrow (168 MiB). ``meta`` goes both into the
+    file's key-value metadata and into the Arrow schema Polars embeds (built with the 3 MiB
+    nanoarrow), so ``pyarrow.parquet.read_schema(path).metadata`` and
+    ``polars.read_parquet_metadata(path)`` both show it, as when pyarrow wrote the file.
+    """
+    import nanoarrow
+
+    schema = nanoarrow.c_schema(frame.schema).modify(metadata=dict(meta))
+    frame.write_parquet(path, metadata=dict(meta), arrow_schema=schema)
 
 
 @dataclass(frozen=True, eq=False)
@@ -191,7 +251,9 @@ class ReleasedTable:
             raise InputError(f"cannot read the release in {folder}: {exc}") from exc
         if not isinstance(manifest, dict):
             raise InputError(f"{manifest_path} is not a release manifest (expected a JSON object)")
-        return cls(table=table, manifest=manifest, flows=flows, levels=levels)
+        carried = folder / "boundary.geojson"  # keys.BOUNDARY_FILE: the keys' own boundary
+        return cls(table=table, manifest=manifest, flows=flows, levels=levels,
+                   boundary=carried if carried.is_file() else None)
 
     def explain(self) -> str:
         """What this release holds and what was lost on the way (bounding, suppression).
@@ -255,13 +317,14 @@ class ReleasedTable:
         }
 
     def write(self, directory: str | Path, *, signing_key: Any | None = None,
-              reports: bool = False) -> Path:
+              extra_files: ExtraFiles | None = None) -> Path:
         """Write ``release.parquet``, ``release.csv``, ``release.geojson`` and
         ``manifest.json`` into ``directory``, atomically; with an Ed25519 ``signing_key``
-        also ``manifest.sig`` and ``signing_key.pub`` (see :mod:`privmob.signing`). With
-        ``reports`` the heatmaps (PNG, PDF) and the offline HTML report are drawn into the
-        release too, so the signature covers the pictures people will forward.
+        also ``manifest.sig`` and ``signing_key.pub`` (see :mod:`privmob.signing`).
 
+        Data files only: ``extra_files(release, folder)`` may add files drawn from the
+        release (it returns their names) before the manifest lists every file's digest and
+        the signature covers them — :func:`privmob.publish.publish` draws the reports so.
         The directory must not already hold a release. Returns its path.
         """
         target = Path(directory)
@@ -281,7 +344,7 @@ class ReleasedTable:
                 "nothing was published"
             ) from exc
         try:
-            self._write_files(tmp, reports=reports)
+            self._write_files(tmp, extra_files=extra_files)
             if signing_key is not None:
                 from privmob.signing import write_signature
 
@@ -304,16 +367,12 @@ class ReleasedTable:
             raise
         return target
 
-    def _write_files(self, folder: Path, *, reports: bool = False) -> None:
+    def _write_files(self, folder: Path, *, extra_files: ExtraFiles | None = None) -> None:
         marking = str(self.manifest.get("marking", ""))
         release_id = str(self.manifest.get("release_id", ""))
-        arrow = self.table.to_arrow()
-        meta = dict(arrow.schema.metadata or {})
-        meta.update({b"privmob.marking": marking.encode(), b"privmob.release_id": release_id.encode()})
-        pq.write_table(arrow.replace_schema_metadata(meta), folder / "release.parquet")
-        csv_text = self.table.with_columns(
-            pl.col("window_start").dt.strftime("%Y-%m-%dT%H:%M:%SZ")
-        ).write_csv()
+        meta = {"privmob.marking": marking, "privmob.release_id": release_id}
+        write_marked_parquet(self.table, folder / "release.parquet", meta)
+        csv_text = local_csv(self.table, self.manifest)
         # The marking travels with the file: one comment line (read it back with
         # polars.read_csv(..., comment_prefix="#") or pandas' comment="#").
         header = f"# {marking} · privmob release {release_id}\n"
@@ -322,17 +381,17 @@ class ReleasedTable:
             json.dumps(self.to_geojson(), ensure_ascii=False), encoding="utf-8"
         )
         names = [n for n in RELEASE_FILES if n != "manifest.json"]
+        names += self._write_boundary(folder)
         if self.flows is not None:
             self._write_flows(folder, marking, release_id)
             names += list(FLOWS_FILES)
         for res, level in sorted(self.levels.items()):
-            level_arrow = level.to_arrow()
-            pq.write_table(level_arrow.replace_schema_metadata(meta), folder / f"release-res{res}.parquet")
-            level_csv = level.with_columns(pl.col("window_start").dt.strftime("%Y-%m-%dT%H:%M:%SZ"))
-            (folder / f"release-res{res}.csv").write_text(header + level_csv.write_csv(), encoding="utf-8")
+            write_marked_parquet(level, folder / f"release-res{res}.parquet", meta)
+            level_csv = local_csv(level, self.manifest)
+            (folder / f"release-res{res}.csv").write_text(header + level_csv, encoding="utf-8")
             names += [f"release-res{res}.parquet", f"release-res{res}.csv"]
-        if reports:
-            names += self._write_reports(folder)
+        if extra_files is not None:
+            names += extra_files(self, folder)
         files = {name: hashlib.sha256((folder / name).read_bytes()).hexdigest() for name in names}
         manifest = {**self.manifest, "files": files}
         (folder / "manifest.json").write_text(
@@ -343,36 +402,26 @@ class ReleasedTable:
             with (folder / name).open("rb") as fh:
                 os.fsync(fh.fileno())
 
-    def _write_reports(self, folder: Path) -> list[str]:
-        """Draw the pictures a person will look at; returns the file names written."""
-        from privmob.report import heatmap, small_multiples
+    def _write_boundary(self, folder: Path) -> list[str]:
+        """Carry the public boundary of public keys (``boundary.geojson``, in the signed file
+        list), so reports of the folder draw it without being told where it is."""
+        from privmob.keys import BOUNDARY_FILE, boundary_document
 
-        written = []
-        single = heatmap(self, boundary=self.boundary)
-        for name in ("heatmap.png", "heatmap.pdf"):
-            single.save(folder / name)
-            written.append(name)
-        windows = int(self.manifest.get("windows") or 0)
-        if 1 < windows <= 48:
-            grid = small_multiples(self, boundary=self.boundary)
-            grid.save(folder / "heatmap-windows.png")
-            written.append("heatmap-windows.png")
-        try:
-            from privmob.report.html import write_html_report
-        except ImportError:  # pragma: no cover - the HTML report ships with privmob
-            return written
-        write_html_report(self, folder / "report.html", boundary=self.boundary)
-        written.append("report.html")
-        return written
+        keys = str(self.manifest.get("keys") or "")
+        if self.boundary is None or not keys.startswith("public:"):
+            return []
+        data = boundary_document(Path(self.boundary), keys)
+        if data is None:
+            return []
+        (folder / BOUNDARY_FILE).write_bytes(data)
+        return [BOUNDARY_FILE]
 
     def _write_flows(self, folder: Path, marking: str, release_id: str) -> None:
         flows = self.flows
         assert flows is not None
-        arrow = flows.to_arrow()
-        meta = dict(arrow.schema.metadata or {})
-        meta.update({b"privmob.marking": marking.encode(), b"privmob.release_id": release_id.encode()})
-        pq.write_table(arrow.replace_schema_metadata(meta), folder / "flows.parquet")
-        text = flows.with_columns(pl.col("window_start").dt.strftime("%Y-%m-%dT%H:%M:%SZ")).write_csv()
+        meta = {"privmob.marking": marking, "privmob.release_id": release_id}
+        write_marked_parquet(flows, folder / "flows.parquet", meta)
+        text = local_csv(flows, self.manifest)
         (folder / "flows.csv").write_text(f"# {marking} · privmob release {release_id}\n" + text,
                                           encoding="utf-8")
         features = [

@@ -11,22 +11,36 @@ becomes ``confirmed``), lower case, outer whitespace trimmed, and every run of i
 whitespace or hyphens one ``_`` — so ``Confirmed``, `` CONFIRMED ``, ``close-contact`` and
 ``Close Contact`` all match their key group instead of being silently dropped. Both
 engines use this module's expression (Spark runs it per Arrow batch).
+
+The driver-side steps of scope are here too, once for both engines: the schema check
+(:func:`check_schema`, with the ``assume_group`` rule) before any row is read, and the
+row accounting (:func:`rows_by_status`, which moves usable rows outside the boundary to
+:data:`OUTSIDE_BOUNDARY`) after; an engine supplies only the counts.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import polars as pl
 
-__all__ = ["LABEL", "OK", "OTHER", "OTHER_VALUES", "OUT_OF_PERIOD", "OUT_OF_SCOPE", "epoch_ms_hint",
-           "in_groups", "no_usable_rows", "normalised", "normalised_groups", "out_of_scope_by_group",
-           "status"]
+from privmob import ingest
+from privmob.errors import SchemaError
+
+if TYPE_CHECKING:
+    from privmob.config import JobConfig
+
+__all__ = ["LABEL", "OK", "OTHER", "OTHER_VALUES", "OUTSIDE_BOUNDARY", "OUT_OF_PERIOD", "OUT_OF_SCOPE",
+           "check_schema", "epoch_ms_hint", "in_groups", "no_usable_rows", "normalised",
+           "normalised_groups", "out_of_scope_by_group", "rows_by_status", "status"]
 
 OK = "ok"
 OUT_OF_SCOPE = "out_of_scope"
 OUT_OF_PERIOD = "out_of_period"
+#: Usable rows whose cell is not a key cell of the job's boundary (counted, not released).
+OUTSIDE_BOUNDARY = "outside_boundary"
 
 #: What a normalised group value must look like to be recorded by name in the operator's
 #: tallies of dropped rows; anything else (a phone number, a name in Chinese characters,
@@ -36,6 +50,33 @@ LABEL = re.compile(r"^[a-z_]{1,32}$")
 OTHER = "(other)"
 #: Key of how many distinct such values there were (a count, never the values).
 OTHER_VALUES = "(other values)"
+
+
+def check_schema(schema: Mapping[str, pl.DataType], config: JobConfig) -> None:
+    """Refuse an input the job cannot read, from its schema alone, before any row is read.
+
+    In this order: a repeated or missing job column (``group`` may be missing only when
+    ``[scope] assume_group`` says the whole input is one key group); a ``group`` column
+    although ``assume_group`` is set (the rows' own groups must decide, never the
+    setting); a job column of an unusable type. Every engine calls this on the schema it
+    reads, so they refuse the same inputs with the same messages.
+
+    Raises
+    ------
+    SchemaError
+        Naming job columns and positions only, never another header (it may be data).
+    """
+    assume_group = config.scope.assume_group
+    columns = dict(schema)
+    ingest.require_columns(columns, group_optional=assume_group is not None)
+    if assume_group is not None and "group" in columns:
+        raise SchemaError(
+            "[scope] assume_group is set but the input has a group column; remove "
+            "assume_group so each row's own group decides its scope"
+        )
+    needed = {c: columns[c] for c in ingest.REQUIRED_COLUMNS if c in columns}
+    # validate() builds its expressions from the types: an unusable one raises here.
+    ingest.validate(pl.LazyFrame(schema=needed), needed, config.job.timezone, assume_group=assume_group)
 
 
 def normalised(expr: pl.Expr) -> pl.Expr:
@@ -125,6 +166,25 @@ def out_of_scope_by_group(counted: pl.DataFrame) -> dict[str, int]:
     return out
 
 
+def rows_by_status(counted: pl.DataFrame, outside: int = 0) -> dict[str, int]:
+    """Rows per status, from (``status``, ``n``) rows, with ``outside`` usable rows
+    (``ok`` but in a cell outside the job's boundary) moved to :data:`OUTSIDE_BOUNDARY`.
+
+    Statuses with no rows are left out; keys are sorted, so the operator's record reads
+    the same whatever order an engine counted in.
+
+    >>> counted = pl.DataFrame({"status": ["ok", "ok", "out_of_scope"], "n": [5, 2, 3]})
+    >>> rows_by_status(counted, outside=7)
+    {'out_of_scope': 3, 'outside_boundary': 7}
+    """
+    totals = counted.group_by("status").agg(pl.col("n").sum())
+    by_status = {str(s): int(n) for s, n in totals.iter_rows()}
+    if outside:
+        by_status[OK] = by_status.get(OK, 0) - outside
+        by_status[OUTSIDE_BOUNDARY] = outside
+    return {s: by_status[s] for s in sorted(by_status) if by_status[s]}
+
+
 def no_usable_rows(rows_by_status: Mapping[str, int], rows_epoch_ms: int = 0) -> str:
     """Why no row is usable, for the refusal of a release that would be pure noise.
 
@@ -146,7 +206,7 @@ def no_usable_rows(rows_by_status: Mapping[str, int], rows_epoch_ms: int = 0) ->
     if rows_by_status.get(OUT_OF_SCOPE, 0):
         hints.append("no group matches [scope] groups, even after normalising case, width and "
                      "spaces: check the group column and [scope] groups")
-    if rows_by_status.get("outside_boundary", 0):
+    if rows_by_status.get(OUTSIDE_BOUNDARY, 0):
         hints.append("check [grid] boundary and [job] crs (GCJ-02 coordinates read as WGS-84?)")
     return (
         f"no usable rows: none of the {total} row(s) is valid, in scope, in the period and inside "

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from privmob import mechanism
 from privmob.errors import PrivmobError
 
 if TYPE_CHECKING:
@@ -77,9 +78,6 @@ def noise_and_suppress(
     Same output distribution as ``noisy = noise_counts(model, counts); keep = noisy ≥ τ``;
     ``max_q`` only chooses which keys take the sparse route (0 turns it off).
     """
-    from privmob.mechanism import noise_counts
-    from privmob.release import suppress
-
     counts = np.asarray(counts, dtype=np.int64)
     n = int(counts.shape[0])
     if n == 0:
@@ -99,8 +97,8 @@ def noise_and_suppress(
             sparse_idx.append(members[np.array(picks, dtype=np.int64)])
             sparse_val.append(c + np.array([sampler.tail_value(t) for _ in picks], dtype=np.int64))
     dense_idx = np.flatnonzero(dense)
-    noisy = noise_counts(model, counts[dense_idx], workers=workers)
-    keep = suppress(noisy, threshold)
+    noisy = mechanism.noise_counts(model, counts[dense_idx], workers=workers)
+    keep = mechanism.suppress(noisy, threshold)
     idx = np.concatenate([dense_idx[keep], *sparse_idx]).astype(np.int64)
     val = np.concatenate([noisy[keep], *sparse_val]).astype(np.int64)
     by_pos = np.argsort(idx, kind="stable")
@@ -243,9 +241,7 @@ class _Bits:
 
 def _bit_source() -> Callable[[bytes], bytes]:
     """OpenDP's randomized response on a bit vector with f = 1: each bit flips w.p. 1/2."""
-    from privmob.mechanism import _dp
-
-    dp = _dp()
+    dp = mechanism.opendp()
     meas: Callable[[bytes], bytes] = dp.m.make_randomized_response_bitvec(
         dp.bitvector_domain(max_weight=1), dp.discrete_distance(), f=1.0)
     return meas

@@ -85,6 +85,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -92,7 +93,10 @@ import polars as pl
 
 from privmob.errors import ConfigError, SchemaError
 
-__all__ = ["EARTH_RADIUS_M", "STAY_SCHEMA", "TRIP_SCHEMA", "StayParams", "stays", "trips"]
+if TYPE_CHECKING:
+    from privmob.config import FlowsConfig
+
+__all__ = ["EARTH_RADIUS_M", "STAY_SCHEMA", "TRIP_SCHEMA", "StayParams", "person_trips", "stays", "trips"]
 
 EARTH_RADIUS_M = 6_371_008.8
 """Mean Earth radius (IUGG), metres: the sphere haversine distances are measured on."""
@@ -161,6 +165,21 @@ class StayParams:
     radius_m: float = 200.0
     min_duration_s: int = 600
     max_gap_s: int = 3600
+
+    @classmethod
+    def of(cls, flows: FlowsConfig | None) -> StayParams:
+        """The stay parameters a job's ``[flows]`` section sets (defaults without one).
+
+        >>> from privmob.config import FlowsConfig
+        >>> StayParams.of(FlowsConfig(units="cells", stay_min_duration="15m"))
+        StayParams(radius_m=200.0, min_duration_s=900, max_gap_s=3600)
+        """
+        if flows is None:
+            return cls()
+        from privmob.config import parse_duration
+
+        return cls(radius_m=flows.stay_radius_m, min_duration_s=parse_duration(flows.stay_min_duration),
+                   max_gap_s=parse_duration(flows.stay_max_gap))
 
     def __post_init__(self) -> None:
         r = self.radius_m
@@ -261,6 +280,30 @@ def trips(stay_frame: pl.DataFrame) -> pl.DataFrame:
         .filter(pl.col("_same"))
         .drop("_same")
     )
+
+
+def person_trips(fixes: pl.DataFrame | pl.LazyFrame, params: StayParams | None = None) -> pl.DataFrame:
+    """Trips between the stays of each person: ``trips(stays(fixes, params))``.
+
+    The one definition of a trip both engines run. A person's trips depend on that
+    person's fixes alone, so any split of the fixes that keeps each person's fixes
+    together gives the same trips: the Polars engine calls this once on all fixes, the
+    Spark engine once per chunk of whole persons on its executors
+    (:meth:`privmob.backends.Backend.trips`), and only the trips reach the driver.
+
+    Parameters
+    ----------
+    fixes
+        As for :func:`stays`: ``pid``, ``t``, ``lat``, ``lng``, any row order.
+    params
+        Radius, minimum duration and maximum gap (:class:`StayParams` defaults if omitted).
+
+    Returns
+    -------
+    polars.DataFrame
+        :data:`TRIP_SCHEMA`, sorted by ``pid``, ``trip_id``.
+    """
+    return trips(stays(fixes, params))
 
 
 # --------------------------------------------------------------------------------------

@@ -755,7 +755,11 @@ def generate_to_parquet(
     int
         Number of rows written.
     """
-    import pyarrow.parquet as pq
+    from privmob.errors import import_extra
+
+    # One file written row group by row group needs pyarrow's ParquetWriter: the [eval] extra.
+    pq = import_extra("pyarrow.parquet", extra="eval", package="pyarrow",
+                      purpose="privmob.synth.generate_to_parquet (large files in bounded memory)")
 
     if isinstance(rows_per_chunk, bool) or not isinstance(rows_per_chunk, int) or rows_per_chunk < 1:
         raise ValueError(f"rows_per_chunk must be a positive int, got {rows_per_chunk!r}")

@@ -15,6 +15,7 @@ from scipy import stats
 import privmob as pm
 from privmob import mechanism
 from privmob.mechanism import NoiseModel
+from privmob.noising import noise_table
 from tests.conftest import SAMPLES, config
 
 ALPHA = 1e-4
@@ -88,10 +89,10 @@ def test_release_path_noises_every_public_key_once(key_env: str) -> None:
     })
     residuals, empty_released, empty_keys = [], 0, 0
     for _ in range(10):
-        cells, windows, noisy, got_keys, _, _ = plan._noise(exact)
-        assert got_keys == n_keys
-        assert np.all(noisy >= tau)
-        frame = pl.DataFrame({"cell": cells, "window": windows, "noisy": noisy})
+        released = noise_table(plan.specs.occupancy, exact)
+        assert released.spec.n_keys == n_keys
+        frame = released.frame.select("cell", pl.col("window").cast(pl.Int32), noisy="count")
+        assert (frame["noisy"] >= tau).all()
         assert frame.select(pl.struct("cell", "window").n_unique()).item() == frame.height
         joined = frame.join(exact, on=["cell", "window"], how="left")
         crowded = joined.filter(pl.col("count").is_not_null())

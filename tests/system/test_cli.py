@@ -76,8 +76,8 @@ def test_demo_writes_a_release_with_full_manifest(tmp_path: Path, capsys: pytest
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [*RELEASE_FILES, "manifest.sig", "signing_key.pub", "heatmap.png", "heatmap.pdf",
-         "heatmap-windows.png", "report.html"])
+        [*RELEASE_FILES, "boundary.geojson", "manifest.sig", "signing_key.pub", "heatmap.png",
+         "heatmap.pdf", "heatmap-windows.png", "report.html"])
     # The pictures are part of the signed release: a swapped heatmap is detected.
     manifest_files = json.loads((out / "manifest.json").read_text())["files"]
     assert {"heatmap.png", "heatmap.pdf", "report.html"} <= manifest_files.keys()

@@ -22,7 +22,6 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
 import pytest
 
 import privmob.release
@@ -208,11 +207,11 @@ class _OsWith:
 def _full_at(where: str, monkeypatch: pytest.MonkeyPatch) -> str:
     """Make the release write fail at ``where``; returns the strerror the message must carry."""
     if where == "parquet":
-        def write_table(table: Any, path: Any, *args: Any, **kwargs: Any) -> None:
+        def write_parquet(frame: Any, path: Any, *args: Any, **kwargs: Any) -> None:
             Path(path).write_bytes(b"PAR1 partial")
             raise _enospc(path)
 
-        monkeypatch.setattr(pq, "write_table", write_table)
+        monkeypatch.setattr(privmob.release, "write_marked_parquet", write_parquet)
     elif where == "csv":
         real_write_text = Path.write_text
 

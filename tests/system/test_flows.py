@@ -61,7 +61,8 @@ def test_boundary_units_use_public_keys(key_env: str) -> None:
     assert set(release.flows.columns) >= {"origin", "destination", "window_start", "count", "ci_low",
                                           "ci_high"}
     # The whole release costs occupancy + flows, and says so.
-    assert plan.cost == plan.occupancy_cost + plan.flows_cost  # type: ignore[operator]
+    assert plan.specs.flows is not None
+    assert plan.cost == plan.specs.occupancy.cost + plan.specs.flows.cost
     assert float(plan.cost.epsilon) == 1.5
 
 

@@ -2,7 +2,9 @@
 
 The browser tests need Chromium from the system packages (``apt-get install chromium``) at
 ``/usr/bin/chromium`` (or ``$PRIVMOB_CHROMIUM``) and the ``playwright`` Python package; they
-never download a browser. Screenshots go to ``test-artifacts/html-report-*.png``.
+never download a browser. Chromium runs with a fontconfig that knows only matplotlib's DejaVu
+fonts, as on a viewer's computer without a Chinese font: the page's Chinese must come from the
+font it embeds. Screenshots go to ``test-artifacts/html-report-*.png``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from privmob.cli import main
 from privmob.errors import InputError
 from privmob.intervals import SELECTION_NOTE
 from privmob.release import ReleasedTable
+from privmob.report.fonts import EMBEDDED_FAMILY, cjk_characters
 from privmob.report.html import CSP, html_report, write_html_report
 from tests.conftest import REPO, SAMPLES
 
@@ -132,11 +135,64 @@ def test_page_is_self_contained_with_a_csp_that_forbids_network(page_text: str) 
     assert "default-src 'none'" in CSP and "img-src data:" in CSP
     for code in refs.fetchable:
         assert not re.search(r"https?://|//[a-z0-9.-]+\.[a-z]{2,}/", code, re.I), code[:200]
-        assert "@import" not in code and "@font-face" not in code
+        assert "@import" not in code
+        for rule in re.findall(r"@font-face\s*\{[^}]*\}", code):  # only the embedded font, as data:
+            assert re.search(r"\bsrc:url\(data:font/woff2?;base64,[A-Za-z0-9+/=]+\) format", rule), rule[:200]
+            assert rule.count("url(") == 1
+    assert "font-src data:" in CSP
     # Beyond attributes and code, any remaining address may only be readable text.
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page_text, re.I)
     assert "<link rel=\"stylesheet\"" not in page_text and "<iframe" not in page_text
     assert page_text.startswith("<!DOCTYPE html>") and '<meta charset="utf-8">' in page_text
+
+
+class _TextNodes(HTMLParser):
+    """The text a reader sees: text nodes outside scripts and styles, and title attributes."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.text: list[str] = []
+        self._code = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self._code += tag in {"script", "style"}
+        self.text.extend(v for k, v in attrs if v and k in {"title", "aria-label"})
+
+    def handle_endtag(self, tag: str) -> None:
+        self._code -= tag in {"script", "style"}
+
+    def handle_data(self, data: str) -> None:
+        if not self._code:
+            self.text.append(data)
+
+
+def test_page_embeds_a_subset_font_for_all_its_chinese(page_text: str) -> None:
+    """One data: @font-face, a subset of Noto Sans CJK SC with every CJK character of the page."""
+    import base64
+    import io
+
+    from fontTools.ttLib import TTFont  # type: ignore[import-untyped]
+
+    rules = re.findall(r"@font-face\{[^}]*\}", page_text)
+    assert len(rules) == 1
+    found = re.search(r'font-family:"([^"]+)".*src:url\(data:font/woff2;base64,([A-Za-z0-9+/=]+)\)', rules[0])
+    assert found and found.group(1) == EMBEDDED_FAMILY
+    font = TTFont(io.BytesIO(base64.b64decode(found.group(2))))
+    nodes = _TextNodes()
+    nodes.feed(page_text)
+    visible = cjk_characters("".join(nodes.text))
+    assert len(visible) > 100  # marking, note, legend, manifest labels
+    assert "疫" in visible and "噪" in visible and "（" in visible
+    cmap = font.getBestCmap()
+    assert [ch for ch in visible if ord(ch) not in cmap] == []
+    assert {chr(c) for c in cmap} == set(cjk_characters(page_text))  # exactly the page's, no more
+    assert str(font["name"].getDebugName(1)) == "Noto Sans CJK SC"
+    assert "Open Font License" in str(font["name"].getDebugName(13))  # the licence travels along
+    size = len(base64.b64decode(found.group(2)))
+    assert size < 150_000, size  # tens of kB; the page stays one small offline file
+    for stack in re.findall(r"font-family:\s*([^;{}]+)", page_text.split("</style>")[0]):
+        if "Noto Sans CJK SC" in stack:  # every stack naming a CJK font names the embedded one first
+            assert stack.lstrip().startswith(f'"{EMBEDDED_FAMILY}"'), stack
 
 
 def test_page_embeds_every_released_cell_with_its_interval(page_text: str, released: ReleasedTable) -> None:
@@ -276,8 +332,32 @@ def test_window_outside_the_period_is_refused(released: ReleasedTable) -> None:
 # ── the page in a real browser ─────────────────────────────────────────────────────────
 
 
+def latin_only_fontconfig(folder: Path) -> Path:
+    """A fontconfig file that knows only matplotlib's DejaVu fonts: no font with Chinese glyphs.
+
+    Chromium on Linux finds fonts through fontconfig (``FONTCONFIG_FILE``), so with this it
+    draws any character the page does not bring a font for as the missing-glyph box.
+    """
+    import matplotlib
+
+    dejavu = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+    aliases = "".join(
+        f"<alias><family>{generic}</family><prefer><family>{family}</family></prefer></alias>"
+        for generic, family in (("sans-serif", "DejaVu Sans"), ("serif", "DejaVu Serif"),
+                                ("monospace", "DejaVu Sans Mono"))
+    )
+    conf = folder / "fonts.conf"
+    conf.write_text(
+        '<?xml version="1.0"?>\n<!DOCTYPE fontconfig SYSTEM "urn:fontconfig:fonts.dtd">\n'
+        f"<fontconfig><dir>{html.escape(str(dejavu))}</dir>"
+        f"<cachedir>{html.escape(str(folder / 'fc-cache'))}</cachedir>{aliases}</fontconfig>\n",
+        encoding="utf-8",
+    )
+    return conf
+
+
 @pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     if not (CHROMIUM.is_file() and os.access(CHROMIUM, os.X_OK)):
         pytest.skip(
             f"headless Chromium is not installed at {CHROMIUM}: install the system package "
@@ -288,8 +368,11 @@ def browser() -> Iterator[Any]:
         from playwright.sync_api import sync_playwright
     except ImportError:
         pytest.fail("the playwright package is missing: it is part of privmob[dev] (pip install -e '.[dev]')")
+    env: dict[str, str | float | bool] = {**os.environ}
+    env["FONTCONFIG_FILE"] = str(latin_only_fontconfig(tmp_path_factory.mktemp("fonts")))
     with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True,
+                                     env=env)
         try:
             yield chromium
         finally:
@@ -438,3 +521,69 @@ def test_report_renders_in_headless_chromium(
     assert errors == [], errors
     page.close()
     assert time.monotonic() - started < 30
+
+
+def glyph_images(page: Any, family: str, text: str) -> list[str]:
+    """Each character of ``text`` drawn alone on a canvas in ``family``, as PNG data URLs."""
+    images: list[str] = page.evaluate(
+        """([family, text]) => {
+             const c = document.createElement('canvas'); c.width = 48; c.height = 48;
+             const g = c.getContext('2d'); const out = [];
+             for (const ch of text) {
+               g.clearRect(0, 0, 48, 48); g.font = '32px ' + family; g.fillText(ch, 4, 36);
+               out.push(c.toDataURL());
+             }
+             return out; }""",
+        [family, text],
+    )
+    return images
+
+
+def test_chinese_is_drawn_from_the_embedded_font_where_no_chinese_font_is_installed(
+    browser: Any, report_file: Path, page_text: str, released: ReleasedTable
+) -> None:
+    needed = cjk_characters(page_text)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page = browser.new_page(viewport={"width": 1440, "height": 1000}, device_scale_factor=1)
+    page.goto(report_file.resolve().as_uri())
+    page.wait_for_selector("html[data-ready='1']", timeout=10_000)
+    page.evaluate("document.fonts.ready.then(() => true)")
+
+    # The browser has no Chinese font of its own (else this test could not fail): a family
+    # that does not exist draws every Chinese character as the same missing-glyph box.
+    tofu = glyph_images(page, '"no-such-family", sans-serif', needed)
+    assert len(set(tofu)) == 1, "Chromium found a font with Chinese glyphs; the test needs none"
+
+    # The page's own face is loaded and answers for its Chinese text ...
+    faces = page.evaluate("[...document.fonts].map(f => [f.family.replace(/\"/g, ''), f.status])")
+    assert faces == [[EMBEDDED_FAMILY, "loaded"]]
+    zh = released.manifest["marking"].split(" / ")[0]
+    assert page.evaluate("([f, t]) => document.fonts.check('16px \"' + f + '\"', t)", [EMBEDDED_FAMILY, zh])
+    # ... and every Chinese character of the page draws as its own glyph, none as the box.
+    drawn = glyph_images(page, f'"{EMBEDDED_FAMILY}"', needed)
+    assert len(set(drawn)) == len(needed) and tofu[0] not in drawn
+
+    # Chromium's own account of the fonts it drew the page's Chinese text with.
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("DOM.enable")
+    cdp.send("CSS.enable")
+    root = cdp.send("DOM.getDocument")["root"]["nodeId"]
+    selectors = ("#marking .zh", "#marking-footer span[lang]", ".map-marking", "#selection-note span[lang]",
+                 "#noise-note h2 span", "#manifest h2 span", ".marking-text")
+    for selector in selectors:
+        node = cdp.send("DOM.querySelector", {"nodeId": root, "selector": selector})["nodeId"]
+        used = cdp.send("CSS.getPlatformFontsForNode", {"nodeId": node})["fonts"]
+        text = page.eval_on_selector(selector, "e => e.textContent")
+        chinese = sum(1 for ch in text if cjk_characters(ch))
+        assert chinese > 0, selector
+        from_page = sum(f["glyphCount"] for f in used if f["isCustomFont"])
+        assert from_page == chinese, (selector, used)  # all from the embedded font, nothing else
+
+    # What a reader sees: the banner differs from the same text in a family that does not exist.
+    banner = page.locator("#marking .zh")
+    page.evaluate("window.scrollTo(0, 0)")
+    with_font = banner.screenshot(path=str(ARTIFACTS / "html-report-marking.png"))
+    page.eval_on_selector("#marking .zh", "e => { e.style.fontFamily = '\"no-such-family\", sans-serif'; }")
+    without = banner.screenshot()
+    assert with_font != without
+    page.close()

@@ -7,6 +7,7 @@ import polars as pl
 import pytest
 
 import privmob as pm
+from privmob.tablespec import PublicKeys, TableSpec
 from tests.conftest import SAMPLES, config, fresh_ledger
 
 
@@ -28,8 +29,10 @@ def test_levels_are_released_and_charged(key_env: str, tmp_path: object) -> None
         assert table.height == info["cells_released"]
         assert (table["count"] >= info["release_threshold"]).all()
         assert all(h3.get_resolution(c) == res for c in table["cell"].to_list())
-        public = plan.level_key_cells(res)
-        assert public is not None and info["n_keys"] == public.size * 8
+        keys = plan.specs.levels[res].keys
+        assert isinstance(keys, PublicKeys)
+        public = dict(keys.axes)["cell"]
+        assert info["n_keys"] == public.size * 8
         # every fine public cell's parent is a public key of the level
         fine = plan.key_cells
         assert fine is not None
@@ -123,17 +126,17 @@ def test_a_person_moves_each_level_key_by_at_most_one(
     takes (L0, L1, 1)), L1 and L0 ≤ k·w, L2 ≤ √(k·w) — and so, by OpenDP's own privacy map
     at the observed distance, the level costs no more than it claims. Summing child counts
     moved one parent key by k = 4 here: L∞ 4, L2 4·√2, so 4× the claimed ρ for Gaussian noise."""
-    from privmob.plan import Plan
+    from privmob import noising
 
-    seen: dict[int, list[pl.DataFrame]] = {7: [], 6: []}
-    noise = Plan._noise
+    seen: dict[str, list[pl.DataFrame]] = {"occupancy_res7": [], "occupancy_res6": []}
+    noise_table = noising.noise_table
 
-    def spy(self: Plan, counts: pl.DataFrame, *, level: int | None = None) -> object:
-        if level is not None:
-            seen[level].append(counts)
-        return noise(self, counts, level=level)
+    def spy(spec: TableSpec, counts: pl.DataFrame) -> noising.NoisyTable:
+        if spec.name in seen:
+            seen[spec.name].append(counts)
+        return noise_table(spec, counts)
 
-    monkeypatch.setattr(Plan, "_noise", spy)
+    monkeypatch.setattr(noising, "noise_table", spy)
     plan = pm.plan(_level_config(mechanism))
     d, d_minus = _neighbours()
     for data in (d, d_minus):
@@ -142,10 +145,11 @@ def test_a_person_moves_each_level_key_by_at_most_one(
     s = plan.sensitivity
     assert (s.l0, s.l1) == (K * W, K * W)
     for res in (7, 6):
-        full, less = seen[res]
+        full, less = seen[f"occupancy_res{res}"]
         l0, l1, l2, linf = _distance(full, less)
         assert linf <= 1, f"res {res}: one person moved a key by {linf}"
         assert l0 <= s.l0 and l1 <= s.l1 and l2 <= s.l2 + 1e-12
         if mechanism == "gaussian":
-            spent = float(plan.level_noise.measurement().map(l2))
-            assert spent <= float(plan.level_costs[res].rho or 0) * (1 + 1e-9)
+            level = plan.specs.levels[res]
+            spent = float(level.noise.measurement().map(l2))
+            assert spent <= float(level.cost.rho or 0) * (1 + 1e-9)

@@ -3,7 +3,9 @@
 Same input, same job, same key → the same :class:`ExactCounts` field by field (counts
 frame, row counts by status, persons, bounding statistics, PII findings), the same bad
 rows (numbers, reasons, pseudonyms), the same positions; and a release through Spark runs
-the one shared release path (same manifest apart from ids, times and noise).
+the one shared release path (same manifest apart from ids, times and noise). Stays and
+trips for flows run on the engine: Spark finds the same trips (so the same exact OD
+counts) while only the trips, never the fixes, reach the driver.
 
 Spark runs in local mode (``local[2]``), one session for the whole module. Skipped, with
 the reason, when PySpark (``pip install 'privmob[spark]'``) or a Java runtime is missing.
@@ -13,6 +15,8 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib
+import importlib.util
+import inspect
 import os
 import shutil
 from collections.abc import Iterator
@@ -28,15 +32,19 @@ if not (os.environ.get("JAVA_HOME") or shutil.which("java")):
                 allow_module_level=True)
 
 import privmob as pm
-from privmob import synth
+from privmob import pii, scope, synth
 from privmob.aggregate import ExactCounts
+from privmob.backends import _spark
 from privmob.backends._polars import PolarsBackend
 from privmob.backends._spark import SparkBackend, local_session
 from privmob.errors import InputError, SchemaError
+from privmob.flows import Units, load_units
 from privmob.ingest import BAD_REASONS
 from privmob.pseudonymise import Pseudonymiser
+from privmob.stays import TRIP_SCHEMA, StayParams, person_trips
 from tests.conftest import fresh_ledger
 
+flows = importlib.import_module("privmob.flows")  # the module (`privmob.flows` may be a function)
 SAMPLES = Path(__file__).resolve().parents[2] / "data-samples"
 KEY = b"0123456789abcdef0123456789abcdef-spark-parity"
 
@@ -397,7 +405,10 @@ RUN_FIELDS = {"release_id", "created_at", "timings_s", "cells_released", "cells_
 
 def test_release_runs_the_shared_path(engines: tuple[PolarsBackend, SparkBackend], demo: pm.JobConfig,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    plan_module = importlib.import_module("privmob.plan")  # `privmob.plan` is also a function
+    # The module whose release path picks the engine (`privmob.plan` is also a function;
+    # issue 13 moves the run out of plan.py into privmob.run).
+    has_run = importlib.util.find_spec("privmob.run") is not None
+    plan_module = importlib.import_module("privmob.run" if has_run else "privmob.plan")
     _, spark_engine = engines
     real = plan_module.get_backend
     called: list[str] = []
@@ -426,3 +437,181 @@ def test_release_runs_the_shared_path(engines: tuple[PolarsBackend, SparkBackend
     exact = {k: v for k, v in by_polars.operator_record.items() if k not in RUN_FIELDS}
     assert {k: v for k, v in by_spark.operator_record.items() if k not in RUN_FIELDS} == exact
     assert by_spark.table.schema == by_polars.table.schema
+
+
+# --- driver-side steps: written once, called by both engines --------------------------------
+
+
+def test_spark_runs_the_shared_driver_steps(engines: tuple[PolarsBackend, SparkBackend],
+                                            pseudonymiser: Pseudonymiser,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The schema check, the row accounting (outside the boundary too) and the PII findings
+    Spark reports are the results of the shared functions, as Polars' are."""
+    polars_engine, spark_engine = engines
+    results: dict[str, list[Any]] = {"check_schema": [], "rows_by_status": [], "findings": []}
+    for module, name in ((scope, "check_schema"), (scope, "rows_by_status"), (pii, "findings")):
+        real = getattr(module, name)
+
+        def spy(*args: Any, _real: Any = real, _name: str = name, **kwargs: Any) -> Any:
+            results[_name].append(out := _real(*args, **kwargs))
+            return out
+
+        monkeypatch.setattr(module, name, spy)
+    t = "2026-11-26T09:00:00+08:00"
+    frame = pl.DataFrame({
+        "person_id": ["a", "b", "c", "d", "e"], "ts": [t, t, t, t, "never"],
+        "lat": [39.9, 39.91, 10.0, 39.9, 39.9], "lng": [116.4, 116.41, 10.0, 116.4, 116.4],
+        "group": ["confirmed", "call 13812345678", "confirmed", "general", "confirmed"],
+        "note": [None, "a@example.com", None, None, None]})
+    cfg = _config(grid={"resolution": 6, "window": "1h",
+                        "boundary": str(SAMPLES / "beijing_boundary.geojson")})
+    keys = pm.plan(cfg).key_cells
+    exact = spark_engine.exact_cells(frame, cfg, pseudonymiser, keys)
+    assert len(results["check_schema"]) >= 1  # on the schema Spark reads
+    assert results["rows_by_status"] == [exact.rows_by_status]
+    assert exact.rows_by_status == {"ok": 1, "out_of_scope": 2, "outside_boundary": 1,
+                                    "ts_unparseable": 1}
+    assert results["findings"] == [exact.pii]
+    assert exact.pii == {"group": {"mobile": 1}, "note": {"email": 1}}
+    assert_same(polars_engine.exact_cells(frame, cfg, pseudonymiser, keys), exact)
+    with pytest.raises(SchemaError, match="assume_group is set"):
+        spark_engine.exact_cells(frame, _config(scope={"assume_group": "confirmed"}), pseudonymiser, None)
+
+
+# --- stays and trips on the engine ----------------------------------------------------------
+
+
+def _flows_config(units: str = "cells", **flows_section: Any) -> pm.JobConfig:
+    return _config(grid={"resolution": 7, "window": "3h"},
+                   flows={"units": units, "resolution": 6, "epsilon": 0.5,
+                          "boundary": str(SAMPLES / "beijing_districts.geojson"), **flows_section})
+
+
+def _flows_take_fixes() -> bool:
+    """Whether flows.exact_flows still finds the trips itself, from ``fixes``."""
+    return next(iter(inspect.signature(flows.exact_flows).parameters)) == "fixes"
+
+
+def _od_counts(trip_frame: pl.DataFrame, cfg: pm.JobConfig, units: Units | None) -> pl.DataFrame:
+    """flows.exact_flows' exact OD counts from the trips an engine found.
+
+    Until flows.exact_flows takes the engine's trips (issue 13), it finds trips from fixes
+    itself: its stays → trips step is then stood in for by the given trips.
+    """
+    if not _flows_take_fixes():
+        counts: pl.DataFrame = flows.exact_flows(trip_frame, cfg, units).counts
+        return counts
+    no_fixes = pl.DataFrame(schema={"pid": pl.Int64, "t": pl.Int64, "lat": pl.Float64, "lng": pl.Float64})
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(flows, "trips", lambda _stays: trip_frame)
+        counts = flows.exact_flows(no_fixes, cfg, units).counts
+    return counts
+
+
+def _collected_rows(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Rows of every frame the Spark engine brings to the driver, from now on."""
+    heights: list[int] = []
+    real = _spark._collect
+
+    def collect(*args: Any, **kwargs: Any) -> pl.DataFrame:
+        frame = real(*args, **kwargs)
+        heights.append(frame.height)
+        return frame
+
+    monkeypatch.setattr(_spark, "_collect", collect)
+    return heights
+
+
+def test_trips_and_flows_on_the_engine_sample(engines: tuple[PolarsBackend, SparkBackend],
+                                              pseudonymiser: Pseudonymiser,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    polars_engine, spark_engine = engines
+    cfg = _flows_config()
+    source = pm.read_pings(SAMPLES / "beijing_pings.parquet")
+    fixes = polars_engine.fixes(source, cfg, pseudonymiser)
+    expected = polars_engine.trips(source, cfg, pseudonymiser)
+    # The trips flows found from the fixes before, now found on the engine.
+    assert expected.equals(person_trips(fixes, StayParams.of(cfg.flows)))
+    assert expected.height > 10_000 and expected.schema == pl.Schema(TRIP_SCHEMA)
+    collected = _collected_rows(monkeypatch)
+    got = spark_engine.trips(source, cfg, pseudonymiser)
+    assert got.schema == expected.schema and got.equals(expected)
+    # Only the trips and one row per person came to the driver, never the fixes.
+    persons = fixes["pid"].n_unique()
+    assert collected == [expected.height + persons] and max(collected) < fixes.height / 5
+    for units in (None, load_units(SAMPLES / "beijing_districts.geojson", "adcode")):
+        c = cfg if units is None else _flows_config("boundary")
+        od = _od_counts(expected, c, units)
+        assert od.height > 10 and od.equals(_od_counts(got, c, units))
+        if _flows_take_fixes():  # and the same as flows found from the driver's fixes
+            assert od.equals(flows.exact_flows(fixes, c, units).counts)
+
+
+def _edge_case_pings() -> pl.DataFrame:
+    """Persons with one fix, no stay, one stay, stays across a data gap, duplicates, same
+    second elsewhere, ids that differ only by outer spaces or are not ASCII, more fixes than
+    an Arrow batch, bad and out-of-scope rows; and a synthetic crowd around them."""
+    start = int(dt.datetime(2026, 11, 26, tzinfo=dt.timezone(dt.timedelta(hours=8))).timestamp())
+    home, work, far = (39.99, 116.32), (39.908, 116.46), (40.2, 116.0)
+    rows: list[tuple[Any, ...]] = [("single", start + 100, *home, "confirmed")]
+    rows += [("walker", start + 60 * i, 39.9 + 0.003 * i, 116.4, "confirmed") for i in range(60)]
+    rows += [("sitter", start + 60 * i, *home, "suspected") for i in range(120)]
+    for i in range(0, 24 * 60, 2):  # a dense logger: home, work, home, then a gap, then far away
+        place = home if i < 480 or 1000 <= i < 1200 else work if i < 960 else far
+        if 1200 <= i < 1320:
+            continue
+        who = " 张三 " if i % 3 == 0 else "张三"  # the same person once spaces are trimmed
+        rows.append((who, start + 60 * i + (i % 7), place[0] + 1e-5 * (i % 5), place[1], "close_contact"))
+    rows += [("dup", start + 60 * i, *work, "confirmed") for i in range(30) for _ in range(2)]
+    rows += [("dup", start + 60 * 40, *far, "confirmed"), ("dup", start + 60 * 40, *home, "confirmed")]
+    rows += [("dup", start + 60 * i, *home, "confirmed") for i in range(41, 80)]
+    rows += [("bad", "no time", *home, "confirmed"), ("other", start + 60, *home, "general")]
+    crowd = synth.generate(60, seed=11, dense_fraction=0.3).select(
+        "person_id", pl.col("ts").dt.epoch("s").cast(pl.String).alias("ts"), "lat", "lng", "group")
+    rows = [(r[0], str(r[1]), *r[2:]) for r in rows]  # epoch seconds as text, and "no time"
+    return pl.concat([pl.DataFrame(rows, schema=crowd.schema, orient="row"), crowd])
+
+
+def test_trips_and_flows_on_the_engine_edge_cases(engines: tuple[PolarsBackend, SparkBackend],
+                                                  pseudonymiser: Pseudonymiser, spark: Any) -> None:
+    polars_engine, spark_engine = engines
+    cfg = _flows_config(stay_min_duration="15m", max_trips_per_window=3)
+    frame = _edge_case_pings()
+    expected = polars_engine.trips(frame, cfg, pseudonymiser)
+    assert expected["pid"].n_unique() > 20
+    conf = "spark.sql.execution.arrow.maxRecordsPerBatch"
+    old = spark.conf.get(conf)
+    spark.conf.set(conf, "97")  # persons cut across many batches: whole persons regrouped
+    try:
+        got = spark_engine.trips(frame, cfg, pseudonymiser)
+    finally:
+        spark.conf.set(conf, old)
+    assert got.equals(expected)
+    assert _od_counts(got, cfg, None).equals(_od_counts(expected, cfg, None))
+    # Explicit stay parameters reach the executors too.
+    tight = StayParams(radius_m=60.0, min_duration_s=300, max_gap_s=600)
+    assert spark_engine.trips(frame, cfg, pseudonymiser, tight).equals(
+        polars_engine.trips(frame, cfg, pseudonymiser, tight))
+
+
+class _Colliding(Pseudonymiser):
+    """Pseudonyms with only 49 values (-24 to 24): of the edge cases' ~60 usable persons
+    some must share one, as distinct ids may (p ≈ n²/2⁶⁵)."""
+
+    def pseudonyms(self, ids: pl.Series) -> pl.Series:
+        return super().pseudonyms(ids) % 25
+
+
+def test_trips_when_pseudonyms_collide(engines: tuple[PolarsBackend, SparkBackend]) -> None:
+    """Persons whose pseudonyms collide are one person to the Polars engine (their fixes
+    merged before stays are found); Spark then keys the fixes by pseudonym, and agrees."""
+    polars_engine, spark_engine = engines
+    cfg = _flows_config()
+    frame = _edge_case_pings()
+    colliding = _Colliding(KEY, "2026-11-26")
+    persons = polars_engine.fixes(frame, cfg, Pseudonymiser(KEY, "x"))["pid"].n_unique()
+    assert persons > 49 and polars_engine.fixes(frame, cfg, colliding)["pid"].n_unique() <= 49
+    expected = polars_engine.trips(frame, cfg, colliding)
+    assert expected.height > 0 and set(expected["pid"]) <= set(range(-24, 25))
+    got = spark_engine.trips(frame, cfg, colliding)
+    assert got.equals(expected)

@@ -206,7 +206,7 @@ def test_parquet_round_trips_and_carries_the_marking(tmp_path: Path) -> None:
     assert meta[b"privmob.release_id"] == b"rel-0001"
 
 
-def test_csv_has_the_rows_with_utc_times(tmp_path: Path) -> None:
+def test_csv_has_the_rows_with_offset_times(tmp_path: Path) -> None:
     rel = _released()
     target = rel.write(tmp_path / "r")
     lines = (target / "release.csv").read_text(encoding="utf-8").splitlines()
@@ -214,7 +214,7 @@ def test_csv_has_the_rows_with_utc_times(tmp_path: Path) -> None:
     assert lines[0].startswith("# ") and rel.manifest["marking"] in lines[0]
     assert lines[1] == "cell,window_start,count,ci_low,ci_high,near_threshold"
     assert len(lines) == 2 + rel.table.height
-    assert lines[2].split(",")[1] == "2026-11-25T16:00:00Z"
+    assert lines[2].split(",")[1] == "2026-11-25T16:00:00+00:00"  # no zone in the manifest: UTC
     back = pl.read_csv(target / "release.csv", schema_overrides={"cell": pl.String},
                        comment_prefix="#")
     assert back["count"].to_list() == rel.table["count"].to_list()
@@ -302,7 +302,7 @@ def _fail(*_: Any, **__: Any) -> None:
 
 
 def test_failure_while_writing_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pq, "write_table", _fail)
+    monkeypatch.setattr(release, "write_marked_parquet", _fail)
     target = tmp_path / "r"
     with pytest.raises(ReleaseWriteError, match="nothing was published"):
         _released().write(target)
@@ -367,7 +367,7 @@ def test_failure_into_an_empty_existing_directory_keeps_it_empty(
 ) -> None:
     target = tmp_path / "r"
     target.mkdir()
-    monkeypatch.setattr(pq, "write_table", _fail)
+    monkeypatch.setattr(release, "write_marked_parquet", _fail)
     with pytest.raises(ReleaseWriteError):
         _released().write(target)
     assert list(target.iterdir()) == []

@@ -288,9 +288,9 @@ def test_a_release_with_the_signing_key_as_pseudonym_key_is_refused_before_any_r
     signing = _signing_key(tmp_path)
     cfg = config(job={"key_file": str(signing), "signing_key": str(signing)})
     read: list[object] = []
-    import sys
+    import privmob.run
 
-    monkeypatch.setattr(sys.modules["privmob.plan"], "get_backend", lambda *a: read.append(a))
+    monkeypatch.setattr(privmob.run, "get_backend", lambda *a: read.append(a))
     with pytest.raises(KeyFileError, match="same secret as the signing key"):
         pm.plan(cfg).release(tmp_path / "never-read.parquet")
     assert read == []

@@ -2,7 +2,15 @@
 
 Everything up to the exact aggregate runs on a backend (Polars by default, Spark for data
 that outgrows one machine); everything after it — noise, suppression, release — runs
-once, backend-neutral, on the small aggregated table. The seam is deliberately narrow.
+once, backend-neutral, on the small aggregated table. The seam is deliberately narrow:
+an engine reads, validates, reduces and bounds; the steps around it that need no engine
+are written once, in their stage's module (:func:`privmob.scope.check_schema`,
+:func:`privmob.scope.rows_by_status`, :func:`privmob.pii.findings`,
+:func:`privmob.stays.person_trips`), and both engines call them.
+
+The engines themselves are imported only when asked for (``get_backend``, or the names
+``PolarsBackend``, ``SparkBackend`` and ``local_session`` from this package), so Spark
+is needed only by who uses it.
 """
 
 from __future__ import annotations
@@ -17,10 +25,13 @@ if TYPE_CHECKING:
     import polars as pl
 
     from privmob.aggregate import ExactCounts
+    from privmob.backends._polars import PolarsBackend
+    from privmob.backends._spark import SparkBackend, local_session
     from privmob.config import JobConfig
     from privmob.pseudonymise import Pseudonymiser
+    from privmob.stays import StayParams
 
-__all__ = ["Backend", "get_backend", "keyed_fixes", "stored_positions"]
+__all__ = ["Backend", "PolarsBackend", "SparkBackend", "get_backend", "local_session"]
 
 
 class Backend(Protocol):
@@ -50,7 +61,19 @@ class Backend(Protocol):
 
     def fixes(self, source: Any, config: JobConfig, pseudonymiser: Pseudonymiser) -> pl.DataFrame:
         """Validated, in-scope, in-period fixes keyed by pseudonym: ``pid`` (Int64), ``t``,
-        ``lat``, ``lng`` — the input of stay and trip detection for flows."""
+        ``lat``, ``lng``, all of them on the driver (for a look at small inputs; flows use
+        :meth:`trips`, which leaves the fixes on the engine)."""
+        ...
+
+    def trips(self, source: Any, config: JobConfig, pseudonymiser: Pseudonymiser,
+              params: StayParams | None = None) -> pl.DataFrame:
+        """Trips between the stays of each person, found where the fixes are.
+
+        The fixes are those of :meth:`fixes`; stays and trips are
+        :func:`privmob.stays.person_trips` per person (``params``, default the job's
+        ``[flows]`` stay settings), run on the engine, so only the trips reach the driver:
+        :data:`~privmob.stays.TRIP_SCHEMA`, sorted by ``pid``, ``trip_id``.
+        """
         ...
 
     def positions(self, source: Any, config: JobConfig, pseudonymiser: Pseudonymiser) -> pl.DataFrame:
@@ -71,34 +94,26 @@ def get_backend(name: str) -> Backend:
             from privmob.backends._spark import SparkBackend
         except ImportError as exc:
             raise BackendUnavailableError(
-                "backend 'spark' needs PySpark and a Java runtime: pip install 'privmob[spark]'"
+                "backend 'spark' needs PySpark (and a Java runtime to run); install it with "
+                "`pip install 'privmob[spark]'`"
             ) from exc
         return SparkBackend()
     raise ConfigError(f"unknown backend {name!r}; use 'polars' or 'spark'")
 
 
-# -- shared driver-side steps: both engines bring usable fixes to the driver, then this -----
+def __getattr__(name: str) -> Any:
+    """The engine classes, imported on first use (Spark's only if it is asked for)."""
+    if name == "PolarsBackend":
+        from privmob.backends._polars import PolarsBackend
 
-
-def keyed_fixes(frame: pl.DataFrame, pseudonymiser: Pseudonymiser) -> pl.DataFrame:
-    """Distinct fixes (``person_id``, ``t``, ``lat``, ``lng``) keyed by the Int64 pseudonym
-    ``pid`` instead of the raw id; each distinct id is hashed once."""
-    import polars as pl
-
-    ids = frame["person_id"].unique()
-    mapping = pl.DataFrame({"person_id": ids, "pid": pseudonymiser.pseudonyms(ids)})
-    return frame.join(mapping, on="person_id", how="inner").select("pid", "t", "lat", "lng")
-
-
-def stored_positions(fixes: pl.DataFrame, pseudonymiser: Pseudonymiser) -> pl.DataFrame:
-    """What the working store keeps: the hex pseudonym as ``person_id``, ``ts`` (epoch
-    seconds), ``lat``, ``lng``, ``group``, sorted by person and time."""
-    import polars as pl
-
-    ids = fixes["person_id"].unique()
-    mapping = pl.DataFrame({"person_id": ids, "pseudonym": pseudonymiser.hex(ids)})
-    return (
-        fixes.join(mapping, on="person_id", how="inner")
-        .select(pl.col("pseudonym").alias("person_id"), pl.col("t").alias("ts"), "lat", "lng", "group")
-        .sort("person_id", "ts")
-    )
+        return PolarsBackend
+    if name in ("SparkBackend", "local_session"):
+        try:
+            from privmob.backends import _spark
+        except ImportError as exc:
+            raise BackendUnavailableError(
+                "backend 'spark' needs PySpark (and a Java runtime to run); install it with "
+                "`pip install 'privmob[spark]'`"
+            ) from exc
+        return getattr(_spark, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -16,14 +16,14 @@ import polars as pl
 
 from privmob import aggregate, bound, crs, index, ingest, pii, scope
 from privmob.aggregate import ExactCounts
-from privmob.backends import keyed_fixes, stored_positions
+from privmob.backends._driver import keyed_fixes, stored_positions
 from privmob.config import JobConfig
 from privmob.errors import InputError
 from privmob.pseudonymise import Pseudonymiser
+from privmob.stays import StayParams, person_trips
 
 __all__ = ["PolarsBackend"]
 
-OUTSIDE_BOUNDARY = "outside_boundary"
 #: 2**i for a minute's bit i in its 64-minute word: a lookup, ~5x cheaper per ping than pow.
 _BITS = pl.Series("_bit", [1 << i for i in range(64)], dtype=pl.UInt64)
 
@@ -36,17 +36,13 @@ class PolarsBackend:
     def columns(self, source: Any) -> list[str]:
         return list(ingest.read_pings(source).schema())
 
-    def _validated(self, source: Any, config: JobConfig) -> pl.LazyFrame:
+    def validated(self, source: Any, config: JobConfig) -> pl.LazyFrame:
+        """Every row of ``source``, lazily: validated (``person_id``, ``t``, ``lat``, ``lng``
+        in WGS-84, ``group``, ``reason``) with its scope ``status`` — what every step of
+        this engine starts from, and what an in-process evaluation may start from too."""
         pings = ingest.read_pings(source)
         schema = pings.schema()
-        ingest.require_columns(schema, group_optional=config.scope.assume_group is not None)
-        if config.scope.assume_group is not None and "group" in schema:
-            from privmob.errors import SchemaError
-
-            raise SchemaError(
-                "[scope] assume_group is set but the input has a group column; remove "
-                "assume_group so each row's own group decides its scope"
-            )
+        scope.check_schema(schema, config)
         lf = ingest.validate(pings.scan(), schema, config.job.timezone,
                              assume_group=config.scope.assume_group)
         if config.job.crs != "wgs84":  # GCJ-02 / BD-09 pings: to WGS-84 before indexing
@@ -62,7 +58,7 @@ class PolarsBackend:
         pseudonymiser: Pseudonymiser,
         key_cells: npt.NDArray[np.uint64] | None,
     ) -> ExactCounts:
-        lf = self._validated(source, config)
+        lf = self.validated(source, config)
         start = int(config.period_start.timestamp())
         raw_schema = ingest.read_pings(source).schema()
         extras = [c for c in raw_schema if c not in ingest.REQUIRED_COLUMNS]
@@ -114,28 +110,16 @@ class PolarsBackend:
         except (pl.exceptions.PolarsError, OSError) as exc:  # OSError: a truncated .gz, read late
             raise InputError(f"{ingest.read_pings(source).describe()} cannot be read: "
                              f"{ingest.first_line(exc)}") from exc
-        found: dict[str, dict[str, int]] = {}
-        if "group" in raw_schema:
-            weighted = counted.select(
-                [(pii_expr(pl.col("group")).cast(pl.Int64) * pl.col("n")).sum().alias(f"pii:group:{kind}")
-                 for kind, pii_expr in (("resident_id", pii.resident_id), ("mobile", pii.mobile),
-                                        ("email", pii.email))]
-            )
-            found.update(pii.counts_from_row(weighted.row(0, named=True)))
-        if extra_scan:
-            found.update(pii.counts_from_row(extra_scan[0].row(0, named=True)))
+        found = pii.findings(counted if "group" in raw_schema else None,
+                             extra_scan[0].row(0, named=True) if extra_scan else {})
         dropped = scope.out_of_scope_by_group(counted)
         epoch_ms = int(counted["ms"].sum() or 0)
-        counted = counted.group_by("status").agg(pl.col("n").sum())
-        by_status = {str(s): int(n) for s, n in counted.iter_rows()}
+        outside = 0
         if key_cells is not None:
             keys = pl.DataFrame({"cell": pl.Series(key_cells, dtype=pl.UInt64)})
             outside = int(dwell_ids.join(keys, on="cell", how="anti")["n"].sum() or 0)
-            if outside:
-                by_status[scope.OK] -= outside
-                by_status[OUTSIDE_BOUNDARY] = outside
             dwell_ids = dwell_ids.join(keys, on="cell", how="semi")
-        by_status = {s: n for s, n in by_status.items() if n}
+        by_status = scope.rows_by_status(counted, outside)
         distinct_ids = dwell_ids["person_id"].unique()
         mapping = pl.DataFrame(
             {"person_id": distinct_ids, "pid": pseudonymiser.pseudonyms(distinct_ids)}
@@ -160,7 +144,7 @@ class PolarsBackend:
         )
 
     def fixes(self, source: Any, config: JobConfig, pseudonymiser: Pseudonymiser) -> pl.DataFrame:
-        lf = self._validated(source, config)
+        lf = self.validated(source, config)
         frame = (
             lf.filter(pl.col("status") == scope.OK)
             .select("person_id", "t", "lat", "lng")
@@ -169,8 +153,14 @@ class PolarsBackend:
         )
         return keyed_fixes(frame, pseudonymiser)
 
+    def trips(self, source: Any, config: JobConfig, pseudonymiser: Pseudonymiser,
+              params: StayParams | None = None) -> pl.DataFrame:
+        """:func:`privmob.stays.person_trips` of :meth:`fixes`, in this process."""
+        return person_trips(self.fixes(source, config, pseudonymiser),
+                            params if params is not None else StayParams.of(config.flows))
+
     def positions(self, source: Any, config: JobConfig, pseudonymiser: Pseudonymiser) -> pl.DataFrame:
-        lf = self._validated(source, config)
+        lf = self.validated(source, config)
         fixes = (
             lf.filter(pl.col("status") == scope.OK)
             .select("person_id", "t", "lat", "lng", "group")
@@ -182,7 +172,7 @@ class PolarsBackend:
     def bad_rows(
         self, source: Any, config: JobConfig, pseudonymiser: Pseudonymiser, limit: int | None
     ) -> pl.DataFrame:
-        lf = self._validated(source, config).with_row_index("row", offset=1)
+        lf = self.validated(source, config).with_row_index("row", offset=1)
         bad = lf.filter(pl.col("reason").is_not_null()).select(
             "row", "reason", "person_id", "t", "lat", "lng", "group"
         )

@@ -16,7 +16,13 @@ What runs where
 * **The driver** receives only: the per-(status, group) counts (a few dozen rows; the
   PII scan of ``group`` runs on them, as in the Polars backend), the distinct person ids
   (hashed there with :meth:`Pseudonymiser.pseudonyms`, so the key never leaves the
-  driver, then broadcast back as (id, pseudonym) pairs), and the exact aggregate.
+  driver, then broadcast back as (id, pseudonym) pairs), and the exact aggregate. What
+  it does with them — the schema check, the row accounting, the PII findings — is the
+  shared code of :mod:`privmob.scope` and :mod:`privmob.pii`, as for Polars.
+* **Stays and trips** (flows, :meth:`SparkBackend.trips`) run on the executors too: the
+  usable fixes are shuffled by person and sorted within each partition, and
+  :func:`privmob.stays.person_trips` runs on chunks of whole persons; the driver
+  receives the trips and one row per person, never the fixes.
 
 H3 runs as polars-h3 on each Arrow batch (measured against h3-py in a pandas UDF in
 ``benchmarks/bench_spark.py``; Apache Sedona's H3 functions need its JARs from Maven and
@@ -47,9 +53,10 @@ import pyarrow as pa
 
 from privmob import aggregate, bound, crs, index, ingest, pii, scope
 from privmob.aggregate import ExactCounts
-from privmob.backends import keyed_fixes, stored_positions
+from privmob.backends._driver import keyed_fixes, keyed_trips, stored_positions
 from privmob.crs import CRS
-from privmob.errors import BackendUnavailableError, InputError, SchemaError
+from privmob.errors import BackendUnavailableError, InputError
+from privmob.stays import TRIP_SCHEMA, StayParams, person_trips
 
 if TYPE_CHECKING:
     import numpy as np
@@ -83,8 +90,6 @@ with warnings.catch_warnings():
 
 __all__ = ["SparkBackend", "local_session"]
 
-OUTSIDE_BOUNDARY = "outside_boundary"
-
 #: Distinct ids up to this many are broadcast to every executor for the pseudonym join;
 #: beyond it the (id, pseudonym) table is joined by a shuffle instead.
 BROADCAST_IDS = 2_000_000
@@ -102,6 +107,16 @@ _BAD_OUT = pa.schema([("part", pa.int32()), ("idx", pa.int64()), ("reason", pa.s
                       ("lng", pa.float64()), ("group", pa.string())])
 _POSITIONS_OUT = pa.schema([("person_id", pa.string()), ("t", pa.int64()), ("lat", pa.float64()),
                             ("lng", pa.float64()), ("group", pa.string())])
+_FIXES_OUT = pa.schema([("person_id", pa.string()), ("t", pa.int64()), ("lat", pa.float64()),
+                        ("lng", pa.float64())])
+
+
+def _trips_out(key: str) -> pa.Schema:
+    """What the stays-and-trips step emits: trips (TRIP_SCHEMA with the person as ``key``)
+    and one row per person with only ``key`` set."""
+    trips = pl.DataFrame(schema=TRIP_SCHEMA).to_arrow().schema
+    return pa.schema([(key, pa.string() if key == "person_id" else pa.int64())]
+                     + [f for f in trips if f.name != "pid"])
 
 #: A ``package.module.SomeError: message`` line of a Python traceback.
 _RAISED = re.compile(r"^(?:[A-Za-z_][\w]*\.)+([A-Za-z_]\w*(?:Error|Exception)): (.*)$")
@@ -291,16 +306,63 @@ def _bad_batches(batches: Iterator[pa.RecordBatch], spec: _RowSpec, limit: int |
 
 def _position_batches(batches: Iterator[pa.RecordBatch], spec: _RowSpec,
                       out: pa.Schema) -> Iterator[pa.RecordBatch]:
-    """Validated, in-scope, in-period fixes of one batch, exact duplicates dropped."""
+    """Validated, in-scope, in-period fixes of one batch (the columns of ``out``), exact
+    duplicates dropped."""
     for batch in batches:
         fixes = (
             _validated(pl.DataFrame(pl.from_arrow(batch)), spec)
             .filter(pl.col("status") == scope.OK)
-            .select("person_id", "t", "lat", "lng", "group")
+            .select(out.names)
             .unique()
             .collect()
         )
         yield from _to_batches(fixes, out)
+
+
+def _trip_batches(batches: Iterator[pa.RecordBatch], key: str, params: StayParams,
+                  out: pa.Schema) -> Iterator[pa.RecordBatch]:
+    """Trips of every person of a partition sorted by ``key`` (see :func:`_whole_persons`)."""
+    for chunk in _whole_persons(batches, key):
+        yield from _to_batches(_chunk_trips(chunk, key, params).select(out.names), out)
+
+
+def _whole_persons(batches: Iterator[pa.RecordBatch], key: str) -> Iterator[pl.DataFrame]:
+    """The rows of a partition sorted by ``key``, regrouped into chunks of whole persons.
+
+    A person is complete once a later key appears: each batch's complete persons make
+    one chunk, and the last person's rows wait for the next batch. Memory stays at about
+    one batch plus the largest person's fixes, however large the partition.
+    """
+    pending: list[pl.DataFrame] = []
+    previous: Any = None
+    for batch in batches:
+        frame = pl.DataFrame(pl.from_arrow(batch))
+        if frame.height == 0:
+            continue
+        keys = frame[key]
+        if not keys.is_sorted() or (previous is not None and keys[0] < previous):
+            # sortWithinPartitions guarantees the order; without it persons would be cut
+            raise RuntimeError("the stays step received fixes not sorted by person")
+        previous = keys[-1]
+        complete = frame.height - int((keys == previous).sum())
+        if complete:
+            yield pl.concat([*pending, frame.head(complete)])
+            pending = []
+        pending.append(frame.slice(complete))
+    if pending:
+        yield pl.concat(pending)
+
+
+def _chunk_trips(chunk: pl.DataFrame, key: str, params: StayParams) -> pl.DataFrame:
+    """:func:`privmob.stays.person_trips` of whole persons identified by ``key``, plus one
+    row per person (only ``key`` set) so the driver learns every person, also those
+    without a trip. Persons are numbered within the chunk for the stays step, which
+    needs integer ids; a person's trips do not depend on the number."""
+    coded = chunk.with_columns(pl.col(key).rank("dense").cast(pl.Int64).alias("_code"))
+    codes = coded.select(key, "_code").unique()
+    found = person_trips(coded.select(pl.col("_code").alias("pid"), "t", "lat", "lng"), params)
+    found = found.rename({"pid": "_code"}).join(codes, on="_code", how="inner").drop("_code")
+    return pl.concat([found, codes.select(key)], how="diagonal_relaxed")
 
 
 # --- the backend -----------------------------------------------------------------------
@@ -319,20 +381,6 @@ class _Input:
     def columns(self) -> list[str]:
         """The input's own columns."""
         return [c for c in self.df.columns if not (self.csv_fields is not None and c == _MALFORMED)]
-
-
-def _check_schema(schema: dict[str, pl.DataType], config: JobConfig) -> None:
-    """The Polars backend's schema checks, in its order, with its messages."""
-    assume_group = config.scope.assume_group
-    ingest.require_columns(schema, group_optional=assume_group is not None)
-    if assume_group is not None and "group" in schema:
-        raise SchemaError(
-            "[scope] assume_group is set but the input has a group column; remove "
-            "assume_group so each row's own group decides its scope"
-        )
-    needed = {c: schema[c] for c in ingest.REQUIRED_COLUMNS if c in schema}
-    ingest.validate(pl.LazyFrame(schema=needed), needed, config.job.timezone,
-                    assume_group=assume_group)  # raises SchemaError on unusable types
 
 
 class SparkBackend:
@@ -442,7 +490,7 @@ class SparkBackend:
 
         assume_group = config.scope.assume_group
         if source.polars_schema is not None:
-            _check_schema(source.polars_schema, config)
+            scope.check_schema(source.polars_schema, config)
         # The time zone only labels instants (Arrow batches carry the session zone): any will do.
         own = source.df.select(*[_quoted(c) for c in source.columns]).schema
         try:
@@ -450,7 +498,7 @@ class SparkBackend:
         except TypeError:  # PySpark < 4: no time zone parameter, always UTC
             arrow = to_arrow_schema(own)
         schema = dict(pl.DataFrame(arrow.empty_table()).schema)
-        _check_schema(schema, config)
+        scope.check_schema(schema, config)
         needed = {c: schema[c] for c in ingest.REQUIRED_COLUMNS if c in schema}
         needed.update({c: schema[c] for c in extras})
         return _RowSpec(
@@ -515,7 +563,7 @@ class SparkBackend:
                 {"cell": pl.Series(key_cells, dtype=pl.UInt64).cast(pl.Int64), "_in": True}))
             flagged = dwell.join(F.broadcast(keys), on="cell", how="left")
             parts.append(flagged.filter(F.col("_in").isNull()).agg(F.sum("n").alias("n")).select(
-                F.lit(OUTSIDE_BOUNDARY).alias("status"), none_str.alias("group"), "n",
+                F.lit(scope.OUTSIDE_BOUNDARY).alias("status"), none_str.alias("group"), "n",
                 none_str.alias("person_id")))
             dwell = flagged.filter(F.col("_in").isNotNull()).drop("_in")
         parts.append(dwell.select("person_id").distinct().select(
@@ -526,28 +574,15 @@ class SparkBackend:
 
         tagged = first.filter(pl.col("status").is_not_null())
         is_pii = pl.col("status").str.starts_with("pii:")
-        is_outside = pl.col("status") == OUTSIDE_BOUNDARY
+        is_outside = pl.col("status") == scope.OUTSIDE_BOUNDARY
         is_hint = pl.col("status") == _EPOCH_MS
         epoch_ms = int(tagged.filter(is_hint)["n"].sum() or 0)
         counted = tagged.filter(~is_pii & ~is_outside & ~is_hint)
         dropped = scope.out_of_scope_by_group(counted)
-        found: dict[str, dict[str, int]] = {}
-        if has_group:  # group is low-cardinality: scan the counted values, weighted
-            weighted = counted.select(
-                [(pii_expr(pl.col("group")).cast(pl.Int64) * pl.col("n")).sum().alias(f"pii:group:{kind}")
-                 for kind, pii_expr in (("resident_id", pii.resident_id), ("mobile", pii.mobile),
-                                        ("email", pii.email))]
-            )
-            found.update(pii.counts_from_row(weighted.row(0, named=True)))
         scanned = tagged.filter(is_pii).group_by("status").agg(pl.col("n").sum())
-        found.update(pii.counts_from_row(dict(scanned.iter_rows())))
-        by_status = {str(s): int(n) for s, n in
-                     counted.group_by("status").agg(pl.col("n").sum()).iter_rows()}
+        found = pii.findings(counted if has_group else None, dict(scanned.iter_rows()))
         outside = int(tagged.filter(is_outside)["n"].sum() or 0)
-        if outside:
-            by_status[scope.OK] -= outside
-            by_status[OUTSIDE_BOUNDARY] = outside
-        by_status = {s: n for s, n in by_status.items() if n}
+        by_status = scope.rows_by_status(counted, outside)
 
         # Pseudonyms: the distinct ids were hashed here, on the driver (the key stays
         # here); the (id, pseudonym) pairs go back to the executors for the join.
@@ -625,22 +660,49 @@ class SparkBackend:
         )
 
     # -- the working store and the quarantine ----------------------------------------------
-    def _fixes(self, source: Any, config: JobConfig) -> pl.DataFrame:
-        """Distinct usable fixes (person_id, t, lat, lng, group), on the driver."""
+    def _usable(self, source: Any, config: JobConfig, out: pa.Schema) -> tuple[SparkDataFrame, str]:
+        """Usable fixes (the columns of ``out``) on the executors, and the input's name."""
         src = self.frame(source)
         spec = self._spec(src, config)
-        fixes_q = _map(_job_columns(src.df, spec), _position_batches, _POSITIONS_OUT, spec=spec).distinct()
-        return _collect(fixes_q, src.what, {"person_id": pl.String, "t": pl.Int64, "lat": pl.Float64,
-                                            "lng": pl.Float64, "group": pl.String})
+        return _map(_job_columns(src.df, spec), _position_batches, out, spec=spec), src.what
+
+    def _fixes(self, source: Any, config: JobConfig, out: pa.Schema) -> pl.DataFrame:
+        """Distinct usable fixes (the columns of ``out``), on the driver."""
+        usable, what = self._usable(source, config, out)
+        return _collect(usable.distinct(), what, dict(pl.DataFrame(out.empty_table()).schema))
 
     def fixes(self, source: Any, config: JobConfig, pseudonymiser: Pseudonymiser) -> pl.DataFrame:
-        """Usable fixes keyed by pseudonym (``pid``, ``t``, ``lat``, ``lng``), on the driver:
-        the input of stay and trip detection, as in the Polars backend."""
-        return keyed_fixes(self._fixes(source, config).select("person_id", "t", "lat", "lng").unique(),
-                           pseudonymiser)
+        """Usable fixes keyed by pseudonym (``pid``, ``t``, ``lat``, ``lng``), every one of
+        them on the driver, as in the Polars backend (flows use :meth:`trips`)."""
+        return keyed_fixes(self._fixes(source, config, _FIXES_OUT), pseudonymiser)
+
+    def trips(self, source: Any, config: JobConfig, pseudonymiser: Pseudonymiser,
+              params: StayParams | None = None) -> pl.DataFrame:
+        """Trips between each person's stays, found on the executors.
+
+        The usable fixes are shuffled once by person and sorted within each partition;
+        each executor then runs :func:`privmob.stays.person_trips` on chunks of whole
+        persons. The driver receives the trips and one row per person (the id, hashed
+        here, so the key stays on the driver): never the fixes. When two ids share a
+        pseudonym (p ≈ n²/2⁶⁵) the Polars backend treats them as one person, so then the
+        fixes are keyed by pseudonym on the executors and the step runs again by ``pid``.
+        """
+        stay_params = params if params is not None else StayParams.of(config.flows)
+        usable, what = self._usable(source, config, _FIXES_OUT)
+        found = _person_trips(usable, "person_id", stay_params, what)
+        ids = found["person_id"].unique()
+        mapping = pl.DataFrame({"person_id": ids, "pid": pseudonymiser.pseudonyms(ids)})
+        if mapping["pid"].n_unique() == mapping.height:
+            return keyed_trips(found.filter(pl.col("trip_id").is_not_null()), mapping)
+        pairs = self._from_polars(mapping)
+        keyed = usable.join(F.broadcast(pairs) if ids.len() <= BROADCAST_IDS else pairs,
+                            on="person_id", how="inner").select("pid", "t", "lat", "lng")
+        merged = _person_trips(keyed, "pid", stay_params, what)
+        return (merged.filter(pl.col("trip_id").is_not_null())
+                .select([pl.col(c).cast(t) for c, t in TRIP_SCHEMA.items()]).sort("pid", "trip_id"))
 
     def positions(self, source: Any, config: JobConfig, pseudonymiser: Pseudonymiser) -> pl.DataFrame:
-        return stored_positions(self._fixes(source, config), pseudonymiser)
+        return stored_positions(self._fixes(source, config, _POSITIONS_OUT), pseudonymiser)
 
     def bad_rows(
         self, source: Any, config: JobConfig, pseudonymiser: Pseudonymiser, limit: int | None
@@ -705,6 +767,18 @@ def _bound(dwell: SparkDataFrame, max_cells_per_window: int, max_windows: int,
         .filter((F.col("_cell_rank") <= max_cells_per_window) & (F.col("_window_rank") <= max_windows))
         .select("pid", "window", "cell", "minutes")
     )
+
+
+def _person_trips(fixes: SparkDataFrame, key: str, params: StayParams, what: str) -> pl.DataFrame:
+    """Trips per person (``key``) on the executors, plus one row per person, on the driver.
+
+    One shuffle puts all of a person's fixes in one partition; the sort within it lets
+    :func:`_whole_persons` hand the stays step whole persons in bounded memory.
+    """
+    out = _trips_out(key)
+    by_person = fixes.repartition(key).sortWithinPartitions(key)
+    return _collect(_map(by_person, _trip_batches, out, key=key, params=params), what,
+                    dict(pl.DataFrame(out.empty_table()).schema))
 
 
 def _job_columns(df: SparkDataFrame, spec: _RowSpec) -> SparkDataFrame:

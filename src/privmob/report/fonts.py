@@ -21,11 +21,21 @@ bilingual "中文 / English" text and drops any other character it cannot draw.
 PDF output embeds glyphs as Type 3 fonts (``pdf.fonttype = 3``): matplotlib's Type 42
 path writes CFF-flavoured OpenType fonts (as Noto Sans CJK is) into a TrueType slot,
 which viewers reject or repair; Type 3 is valid for every font and keeps text extractable.
+
+The HTML report cannot count on the *viewer's* computer having a Chinese font either, so
+:func:`embed_cjk` cuts the same font down to the Chinese characters the page uses (one or
+two hundred glyphs, tens of kilobytes) with fontTools and the page carries it as a ``data:``
+WOFF2 ``@font-face``. Noto Sans CJK is under the SIL Open Font License 1.1, which allows
+embedding a subset; the subset keeps the font's whole ``name`` table (copyright and
+licence entries included). :func:`text_outline` turns text into SVG outlines for images
+that cannot use the page's fonts (the watermark tile).
 """
 
 from __future__ import annotations
 
+import base64
 import functools
+import io
 import os
 import re
 import warnings
@@ -38,11 +48,16 @@ from matplotlib import font_manager, ft2font
 
 __all__ = [
     "CJK_FAMILIES",
+    "EMBEDDED_FAMILY",
     "ENV_VAR",
+    "EmbeddedFont",
     "FontChoice",
     "MissingCJKFontWarning",
+    "cjk_characters",
     "cjk_font",
+    "embed_cjk",
     "rc_params",
+    "text_outline",
 ]
 
 #: Environment variable naming a font file (.ttf, .otf, .ttc) to use for Chinese text.
@@ -311,3 +326,215 @@ def _missing_sample(text: str) -> str:
         ch for ch in dict.fromkeys(text) if not ch.isspace() and not _glyph_index(_fallback_path(), 0, ch)
     ]
     return "".join(missing[:8]) + ("…" if len(missing) > 8 else "")
+
+
+# ── the HTML report: an embedded subset, and outlines for images ──────────────────────
+
+#: CSS family name of the subset the HTML report embeds. No installed font is called this,
+#: so the page's Chinese is drawn from the embedded glyphs and never silently from chance.
+EMBEDDED_FAMILY = "privmob CJK"
+
+#: Code points the embedded face serves (``unicode-range``): CJK ideographs, radicals,
+#: CJK punctuation, kana, full-width forms. Latin letters, digits and ASCII punctuation stay
+#: with the page's Latin font, so English text looks the same with or without the subset.
+CJK_BLOCKS: tuple[tuple[int, int], ...] = (
+    (0x2E80, 0x2FDF),  # radicals
+    (0x2FF0, 0x9FFF),  # ideographic description, CJK symbols and punctuation, kana, ..., unified
+    (0xF900, 0xFAFF),  # compatibility ideographs
+    (0xFE10, 0xFE1F),  # vertical forms
+    (0xFE30, 0xFE4F),  # compatibility forms
+    (0xFF00, 0xFFEF),  # half- and full-width forms
+    (0x20000, 0x3134F),  # extensions B-G
+)
+
+
+@dataclass(frozen=True)
+class EmbeddedFont:
+    """A subset of a CJK font for a web page, or why there is none.
+
+    Attributes
+    ----------
+    characters
+        The CJK characters the subset draws, sorted.
+    missing
+        CJK characters of the text no font on this machine could draw (the page says so).
+    data
+        The subset font file (WOFF2, or WOFF where brotli is missing); empty when none.
+    format
+        ``"woff2"`` or ``"woff"`` (``""`` when nothing is embedded).
+    face
+        Full name of the source face, e.g. ``"Noto Sans CJK SC"``.
+    licence
+        The source face's licence entry (``name`` ID 13), kept inside the subset too.
+    """
+
+    characters: str
+    missing: str = ""
+    data: bytes = b""
+    format: str = ""
+    face: str = ""
+    licence: str = ""
+
+    @property
+    def embedded(self) -> bool:
+        """Whether the page carries a font."""
+        return bool(self.data)
+
+    def css(self, family: str = EMBEDDED_FAMILY) -> str:
+        """One ``@font-face`` rule with the subset as a base64 ``data:`` URL (``""`` if none).
+
+        ``unicode-range`` lists exactly the subset's characters, so browsers use the face
+        for those and keep every other character with the next family in the stack. Only
+        the regular weight is embedded; browsers embolden it for bold text.
+        """
+        if not self.data:
+            return ""
+        encoded = base64.b64encode(self.data).decode("ascii")
+        licence = "SIL Open Font License 1.1" if "Open Font License" in self.licence else "see its name table"
+        note = f"/* {_css_comment(self.face)}, subset of {len(self.characters)} characters; {licence} */"
+        return (
+            f'{note}@font-face{{font-family:"{family}";font-style:normal;font-weight:400;'
+            f"font-display:block;src:url(data:font/{self.format};base64,{encoded}) "
+            f'format("{self.format}");unicode-range:{unicode_range(self.characters)}}}'
+        )
+
+
+def cjk_characters(text: str) -> str:
+    """The distinct CJK characters of ``text`` (see :data:`CJK_BLOCKS`), sorted."""
+    return "".join(sorted({ch for ch in text if _in_cjk_blocks(ord(ch))}))
+
+
+def embed_cjk(text: str, *, stacklevel: int = 2) -> EmbeddedFont:
+    """A subset of the CJK font :func:`cjk_font` would pick, covering ``text``'s CJK characters.
+
+    Warns with :class:`MissingCJKFontWarning` when some or all of them have no font here:
+    the caller must then say so where people read (a page cannot show the boxes' cause).
+
+    Parameters
+    ----------
+    text
+        All the text of the page (characters outside :data:`CJK_BLOCKS` are ignored).
+    stacklevel
+        Passed to :func:`warnings.warn`.
+    """
+    chars = cjk_characters(text)
+    if not chars:
+        return EmbeddedFont("")
+    choice = _find(chars)
+    if not choice.has_cjk:  # some rare character missing: embed what the best font has
+        choice = _find(cjk_characters("疫情防控内部信息"))
+    path = str(choice.path) if choice.path is not None else ""
+    covered = "".join(ch for ch in chars if path and _glyph_index(path, choice.face_index, ch))
+    missing = "".join(ch for ch in chars if ch not in covered)
+    if missing:
+        warnings.warn(
+            f"no installed font has the glyph(s) of {len(missing)} Chinese character(s) of the page: "
+            "a viewer without such a font sees empty boxes there. Install "
+            "one: `pip install noto-cjk-sans-otc` (privmob[report]) or `apt-get install "
+            "fonts-noto-cjk`, or set PRIVMOB_CJK_FONT=/path/to/font.otf",
+            MissingCJKFontWarning,
+            stacklevel=stacklevel,
+        )
+    if not covered or choice.path is None:
+        return EmbeddedFont("", missing=missing)
+    data, flavor, face, licence = _subset(str(choice.path), choice.face_index, covered)
+    return EmbeddedFont(covered, missing=missing, data=data, format=flavor, face=face, licence=licence)
+
+
+def text_outline(text: str, size: float, choice: FontChoice | None = None) -> tuple[str, float] | None:
+    """``text`` as SVG path data (baseline at y = 0, starting at x = 0) and its width.
+
+    For images, which cannot use the page's fonts: an SVG ``data:`` image is drawn in
+    isolation, with only the viewer's installed fonts. ``choice`` defaults to the font
+    :func:`cjk_font` finds for ``text``. ``None`` when there is no such font or it lacks a
+    glyph of ``text``.
+    """
+    choice = _find(text) if choice is None else choice
+    if choice.path is None:
+        return None
+    from fontTools.pens.svgPathPen import SVGPathPen  # type: ignore[import-untyped]
+    from fontTools.pens.transformPen import TransformPen  # type: ignore[import-untyped]
+
+    font = _tt_font(str(choice.path), choice.face_index)
+    cmap = font.getBestCmap()
+    glyphs = font.getGlyphSet()
+    scale = size / font["head"].unitsPerEm
+    pen = SVGPathPen(glyphs, ntos=_short_number)
+    x = 0.0
+    for ch in text:
+        name = cmap.get(ord(ch))
+        if name is None:
+            return None
+        glyph = glyphs[name]
+        glyph.draw(TransformPen(pen, (scale, 0, 0, -scale, x, 0)))
+        x += glyph.width * scale
+    return pen.getCommands(), x
+
+
+def unicode_range(characters: str) -> str:
+    """CSS ``unicode-range`` value for exactly ``characters`` (runs merged: ``U+4E00-4E01``)."""
+    points = sorted({ord(ch) for ch in characters})
+    runs: list[list[int]] = []
+    for point in points:
+        if runs and point == runs[-1][1] + 1:
+            runs[-1][1] = point
+        else:
+            runs.append([point, point])
+    return ",".join(f"U+{a:X}" if a == b else f"U+{a:X}-{b:X}" for a, b in runs)
+
+
+@functools.lru_cache(maxsize=16)
+def _subset(path: str, index: int, characters: str) -> tuple[bytes, str, str, str]:
+    """(font file, format, face name, licence text) of ``characters`` cut from one face.
+
+    Keeps the whole ``name`` table: the OFL asks that the copyright and licence travel with
+    the font. Keeps only the layout features horizontal text applies by default, not
+    ``locl`` or ``vert``: their Japanese, Korean, Traditional and vertical alternates would
+    nearly double the subset and the page draws none of them (its face is already SC).
+    """
+    from fontTools import subset  # type: ignore[import-untyped]
+
+    options = subset.Options()
+    options.font_number = index
+    options.layout_features = ["ccmp", "kern", "liga", "calt", "mark", "mkmk"]
+    options.name_IDs = ["*"]
+    options.name_languages = ["*"]
+    options.name_legacy = True
+    options.flavor = "woff2" if _has_brotli() else "woff"
+    font = subset.load_font(path, options)
+    subsetter = subset.Subsetter(options)
+    subsetter.populate(text=characters)
+    subsetter.subset(font)
+    names = font["name"]
+    face = str(names.getDebugName(4) or names.getDebugName(1) or Path(path).name)
+    licence = str(names.getDebugName(13) or "")
+    out = io.BytesIO()
+    subset.save_font(font, out, options)
+    return out.getvalue(), str(options.flavor), face, licence
+
+
+def _has_brotli() -> bool:
+    """WOFF2 needs brotli (``brotli`` or ``brotlicffi``); without it WOFF (zlib) is written."""
+    from importlib.util import find_spec
+
+    return find_spec("brotli") is not None or find_spec("brotlicffi") is not None
+
+
+@functools.lru_cache(maxsize=4)
+def _tt_font(path: str, index: int) -> Any:
+    from fontTools.ttLib import TTFont  # type: ignore[import-untyped]
+
+    return TTFont(path, fontNumber=index, lazy=True)
+
+
+def _in_cjk_blocks(point: int) -> bool:
+    return any(lo <= point <= hi for lo, hi in CJK_BLOCKS)
+
+
+def _short_number(value: float) -> str:
+    text = f"{value:.1f}".rstrip("0").rstrip(".")  # a tenth of a pixel: finer than the eye
+    return "0" if text in ("-0", "") else text
+
+
+def _css_comment(text: str) -> str:
+    return text.replace("*/", "* /")

@@ -64,6 +64,7 @@ import privmob.report.fonts as _fonts
 from privmob.config import DEFAULT_MARKING, parse_duration
 from privmob.errors import InputError
 from privmob.intervals import SELECTION_NOTE
+from privmob.manifest import ManifestView
 from privmob.release import ReleasedTable, release_zone
 
 __all__ = ["Heatmap", "Panel", "heatmap", "small_multiples"]
@@ -288,10 +289,16 @@ class _Job:
     vmin: int
     vmax: int
 
+    @property
+    def view(self) -> ManifestView:
+        """The manifest, typed."""
+        return ManifestView.of(self.manifest)
+
     @classmethod
     def build(cls, release: ReleasedTable | str | Path, boundary: str | Path | None) -> _Job:
         released = _load_release(release)
         m = released.manifest
+        view = ManifestView.of(m)
         table = released.table
         missing = [c for c in _REQUIRED_COLUMNS if c not in table.columns]
         if missing:
@@ -301,27 +308,26 @@ class _Job:
         if starts.dtype != pl.Datetime("us", "UTC"):
             starts = starts.cast(pl.Datetime("us")).dt.replace_time_zone("UTC")
             table = table.with_columns(starts.alias("window_start"))
-        window_seconds = _window_seconds(m, starts)
-        period_start = _period_start(m, starts, tz)
+        window_seconds = _window_seconds(view.window, starts)
+        period_start = _period_start(view.period_start, starts, tz)
         start_us = int(period_start.timestamp()) * 1_000_000
         table = table.with_columns(
             ((pl.col("window_start").dt.epoch("us") - start_us) // (window_seconds * 1_000_000))
             .cast(pl.Int64)
             .alias("w")
         )
-        n_windows = int(m.get("windows") or 0)
+        n_windows = view.windows or 0
         if n_windows <= 0:
             n_windows = int(table.get_column("w").max() or 0) + 1 if table.height else 1  # type: ignore[arg-type]
-        resolution = _int_or_none(m.get("resolution"))
+        resolution = view.resolution
         if resolution is None and table.height:
             resolution = int(h3.get_resolution(table.get_column("cell")[0]))
-        threshold = _int_or_none(m.get("release_threshold"))
-        halfwidth = _int_or_none(m.get("ci95_halfwidth"))
+        threshold, halfwidth = view.release_threshold, view.ci95_halfwidth
         table = table.with_columns(_near_column(table, threshold, halfwidth).alias("_near"))
-        keys = str(m.get("keys") or "")
+        keys = view.keys
         geom = area = None
         key_cells = boundary_name = None
-        source = boundary if boundary is not None else _recorded_boundary(m)
+        source = boundary if boundary is not None else (released.boundary or _recorded_boundary(m))
         if source is not None and resolution is not None:
             geom, area, key_cells = _boundary_layers(Path(source), keys, resolution)
             boundary_name = Path(source).name
@@ -340,7 +346,7 @@ class _Job:
             resolution=resolution,
             threshold=threshold,
             halfwidth=halfwidth,
-            public_keys=keys.startswith("public:"),
+            public_keys=view.public_keys,
             boundary_name=boundary_name,
             boundary_geom=geom,
             key_area=area,
@@ -366,7 +372,7 @@ class _Job:
             if rest:
                 raise InputError(
                     f"{window.isoformat()} is not the start of a window; windows are "
-                    f"{self.manifest.get('window', f'{self.window_seconds}s')} long from "
+                    f"{self.view.window or f'{self.window_seconds}s'} long from "
                     f"{self.period_start.astimezone(self.tz).isoformat()}"
                 )
             index = int(index)
@@ -434,18 +440,17 @@ def _recorded_boundary(manifest: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _window_seconds(m: Mapping[str, Any], starts: pl.Series) -> int:
-    if isinstance(m.get("window"), str):
-        return parse_duration(m["window"])
+def _window_seconds(window: str | None, starts: pl.Series) -> int:
+    if window is not None:
+        return parse_duration(window)
     distinct = starts.unique().sort().dt.epoch("s").to_numpy()
     if len(distinct) > 1:
         return int(np.diff(distinct).min())
     return 3600
 
 
-def _period_start(m: Mapping[str, Any], starts: pl.Series, tz: dt.tzinfo) -> dt.datetime:
-    text = m.get("period_start")
-    if isinstance(text, str):
+def _period_start(text: str | None, starts: pl.Series, tz: dt.tzinfo) -> dt.datetime:
+    if text is not None:
         try:
             start = dt.datetime.fromisoformat(text)
         except ValueError:
@@ -456,10 +461,6 @@ def _period_start(m: Mapping[str, Any], starts: pl.Series, tz: dt.tzinfo) -> dt.
     if isinstance(first, dt.datetime):
         return first if first.tzinfo else first.replace(tzinfo=dt.UTC)
     return dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-
-
-def _int_or_none(value: Any) -> int | None:
-    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 _AREA_CACHE: dict[tuple[str, str, int], tuple[Any, Any, int]] = {}
@@ -506,13 +507,13 @@ class _Drawing:
         self.small = small
         self.cmap = mpl.colormaps[cmap] if isinstance(cmap, str) else cmap
         self.norm = Normalize(vmin=job.vmin, vmax=job.vmax)
-        marking = str(job.manifest.get("marking") or DEFAULT_MARKING)
+        marking = job.view.marking or DEFAULT_MARKING
         # stacklevel 4: cjk_font → _Drawing → heatmap / small_multiples → the caller
         # (the place name is filtered by safe() instead: a rare character in it must not
         # cost the marking its Chinese half)
         self.font = _fonts.cjk_font(marking, stacklevel=4)
         self.marking = self.font.safe(marking)
-        self.place = self.font.safe(place or str(job.manifest.get("dataset") or "")) or "release"
+        self.place = self.font.safe(place or job.view.dataset or "") or "release"
         self.rc: dict[Any, Any] = {**_fonts.rc_params(self.font), "hatch.linewidth": 0.6}
         n = len(self.indices)
         if ncols is None:
@@ -538,7 +539,7 @@ class _Drawing:
             rc=self.rc,
             title=title,
             marking=self.marking,
-            release_id=str(self.job.manifest.get("release_id") or "unknown"),
+            release_id=self.job.view.release_id or "unknown",
             font=self.font,
         )
 
@@ -628,7 +629,7 @@ class _Drawing:
             days = first.date().isoformat()
             if (last - dt.timedelta(microseconds=1)).date() != first.date():
                 days += f" – {(last - dt.timedelta(microseconds=1)).date().isoformat()}"
-            window = str(job.manifest.get("window") or f"{job.window_seconds // 60}m")
+            window = job.view.window or f"{job.window_seconds // 60}m"
             title = f"{self.place} — {days} ({first:%a}), {len(self.indices)} windows of {window} ({zone})"
             subtitle = f"Key-group persons per cell and window ({cell}); one colour scale for all panels"
         else:
@@ -774,31 +775,29 @@ class _Drawing:
                  linespacing=1.45, gid="selection-note")
 
     def _footer(self, fig: Figure, x: float, y: float, marking_y: float) -> None:
-        m = self.job.manifest
-        mech = str(m.get("mechanism") or "?")
+        v = ManifestView.of(self.job.manifest)
+        mech = v.mechanism or "?"
         mech = {"gaussian": "discrete Gaussian", "laplace": "discrete Laplace"}.get(mech, mech)
-        eps, delta, rho = m.get("epsilon"), m.get("delta"), m.get("rho")
+        eps, delta, rho = v.epsilon, v.delta, v.rho
         budget = f"ε = {_num(eps)}, δ = {_num(delta)}" + (f" (ρ = {_num(rho, 4)} zCDP)" if rho else "")
         half = (f"; each count ± {self.job.halfwidth} at 95% (near the threshold: selection-aware interval)"
                 if self.job.halfwidth is not None else "")
-        bounding = m.get("max_cells_per_window")
+        bounding = v.max_cells_per_window
         line1 = (f"Person-level differential privacy: {mech} noise (OpenDP), {budget} for the period"
                  + (f"; ≤ {bounding} cell(s) per person and window" if bounding else "") + half + ".")
         thr = self.job.threshold
-        n_cells = self.job.key_cells or m.get("key_cells")
+        n_cells = self.job.key_cells or v.key_cells
         keys = (
             f"public keys: {_count(n_cells)} cells × {self.job.n_windows} windows, all noised"
             if self.job.public_keys
             else "keys selected by a DP threshold"
         )
         line2 = (f"Counts below the release threshold {thr if thr is not None else '?'} are withheld "
-                 f"(min_count {m.get('min_count', '?')}); {keys}. H3 resolution {self.job.resolution}, "
-                 f"{m.get('window', '?')} windows, period {m.get('key_period', '?')}.")
-        signature = m.get("signature")
-        fingerprint = signature.get("fingerprint") if isinstance(signature, Mapping) else None
-        signed = f"signed: {fingerprint}" if fingerprint else "UNSIGNED"
-        line3 = (f"Release {m.get('release_id', '?')} · {signed} · purpose {m.get('purpose', '?')}"
-                 f" · privmob {m.get('privmob_version', '?')}")
+                 f"(min_count {_num(v.min_count)}); {keys}. H3 resolution {self.job.resolution}, "
+                 f"{v.window or '?'} windows, period {v.key_period or '?'}.")
+        signed = f"signed: {v.signature_fingerprint}" if v.signature_fingerprint else "UNSIGNED"
+        line3 = (f"Release {v.release_id or '?'} · {signed} · purpose {v.purpose or '?'}"
+                 f" · privmob {v.privmob_version or '?'}")
         text = "\n".join(self.font.safe(line) for line in (line1, line2, line3))
         fig.text(x, y, text, fontsize=8, color="#333333", va="bottom", linespacing=1.5, gid="footer")
         fig.text(x, marking_y, self.marking, fontsize=8.5, color=MARKING_BAND, va="bottom",

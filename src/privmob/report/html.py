@@ -3,7 +3,10 @@
 Epidemic-control offices often work offline, so the page needs nothing at view time: the
 script, the styles, the hexagons, the counts and the manifest are all inside the one file,
 and a Content-Security-Policy forbids the browser from fetching anything (``default-src
-'none'``; only inline styles and scripts and ``data:`` images are allowed).
+'none'``; only inline styles and scripts, ``data:`` images and the ``data:`` font are
+allowed). The viewer's computer may have no Chinese font either, so the page embeds a subset
+of Noto Sans CJK SC (SIL Open Font License 1.1) with exactly the CJK characters it uses, and
+says so visibly when it was made where no such font was installed (see :func:`_embed_font`).
 
 What the page shows:
 
@@ -57,16 +60,25 @@ from privmob._version import __version__
 from privmob.config import DEFAULT_MARKING, parse_duration
 from privmob.errors import InputError
 from privmob.intervals import SELECTION_NOTE
+from privmob.manifest import ManifestView
 from privmob.release import ReleasedTable, release_zone
+from privmob.report.fonts import cjk_characters, embed_cjk, text_outline
 
 __all__ = ["CSP", "html_report", "write_html_report"]
 
 #: The page may not fetch anything: no scripts, styles, fonts, images or connections from
-#: anywhere but the page itself (inline) and ``data:`` images (the watermark tile).
+#: anywhere but the page itself (inline), ``data:`` images (the watermark tile) and the
+#: ``data:`` font (the embedded subset of the Chinese font).
 CSP = (
     "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
-    "img-src data:; base-uri 'none'; form-action 'none'"
+    "img-src data:; font-src data:; base-uri 'none'; form-action 'none'"
 )
+
+#: Where the page's ``@font-face`` goes, and the note when the page's Chinese could not be
+#: given a font; filled in once the whole page's text is known. Both hold a "<", which no
+#: escaped text of the page can, so the first occurrence is always the page's own.
+_FONT_SLOT = "<privmob:font-face>"
+_FONT_NOTE_SLOT = "<privmob:font-note>"
 
 #: Manifest fields that describe the *exact* input (not differentially private): the
 #: manifest itself says they must not be published with the table, so the page omits them.
@@ -208,13 +220,13 @@ class _Windows:
         return f"{start:%Y-%m-%d %H:%M}–{until} ({_utc_offset(start)})", f"{start:%H:%M}"
 
 
-def _windows(manifest: Mapping[str, Any], table: pl.DataFrame) -> _Windows:
-    tz, tz_name = release_zone(manifest)
+def _windows(view: ManifestView, table: pl.DataFrame) -> _Windows:
+    tz, tz_name = release_zone(view.raw)
     starts = table.get_column("window_start")
     seconds = 0
-    if isinstance(manifest.get("window"), str):
+    if view.window is not None:
         try:
-            seconds = parse_duration(manifest["window"])
+            seconds = parse_duration(view.window)
         except ValueError:
             seconds = 0
     if seconds <= 0:
@@ -222,10 +234,9 @@ def _windows(manifest: Mapping[str, Any], table: pl.DataFrame) -> _Windows:
         gaps = [b - a for a, b in itertools.pairwise(distinct) if b > a]
         seconds = int(min(gaps)) if gaps else 3600
     start: dt.datetime | None = None
-    text = manifest.get("period_start")
-    if isinstance(text, str):
+    if view.period_start is not None:
         try:
-            parsed = dt.datetime.fromisoformat(text)
+            parsed = dt.datetime.fromisoformat(view.period_start)
         except ValueError:
             parsed = None
         if parsed is not None:
@@ -234,7 +245,7 @@ def _windows(manifest: Mapping[str, Any], table: pl.DataFrame) -> _Windows:
         first = starts.min() if table.height else None
         start = first if isinstance(first, dt.datetime) else dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
         start = start if start.tzinfo else start.replace(tzinfo=dt.UTC)
-    count = _int_or_none(manifest.get("windows")) or 0
+    count = view.windows or 0
     return _Windows(tz=tz, tz_name=tz_name, start=start, seconds=seconds, count=count)
 
 
@@ -320,11 +331,12 @@ class _Page:
         folder: Path | None,
     ) -> _Page:
         m = release.manifest
+        view = ManifestView.of(m)
         table = _utc_table(release.table, "release table", ("cell", "window_start", "count"))
-        win = _windows(m, table)
+        win = _windows(view, table)
         table = table.with_columns(win.index(pl.col("window_start")).alias("w"))
         if "ci_low" not in table.columns or "ci_high" not in table.columns:
-            assumed = _int_or_none(m.get("ci95_halfwidth")) or 0
+            assumed = view.ci95_halfwidth or 0
             table = table.with_columns(
                 (pl.col("count") - assumed).clip(lower_bound=0).alias("ci_low"),
                 (pl.col("count") + assumed).alias("ci_high"),
@@ -341,13 +353,12 @@ class _Page:
             )
         win = _Windows(tz=win.tz, tz_name=win.tz_name, start=win.start, seconds=win.seconds, count=n_windows)
 
-        resolution = _int_or_none(m.get("resolution"))
+        resolution = view.resolution
         if resolution is None and table.height:
             resolution = int(h3.get_resolution(table.get_column("cell")[0]))
-        keys = str(m.get("keys") or "")
-        public = keys.startswith("public:")
+        keys, public = view.keys, view.public_keys
         notes: list[str] = []
-        source = Path(boundary) if boundary is not None else _recorded_boundary(m)
+        source = Path(boundary) if boundary is not None else (release.boundary or _recorded_boundary(m))
         area = _area(source, keys, resolution) if source is not None else None
         if area is not None and area.note:
             notes.append(area.note)
@@ -362,8 +373,7 @@ class _Page:
         # Per window: cell index → count, or [count, low, high] when the interval is not the
         # manifest's count ± half-width (clipped at 0), which the page works out itself, or
         # [count, low, high, 1] for a count near the threshold (selection-aware interval).
-        half = _int_or_none(m.get("ci95_halfwidth"))
-        threshold = _int_or_none(m.get("release_threshold"))
+        half, threshold = view.ci95_halfwidth, view.release_threshold
         table = table.with_columns(_near_column(table, threshold, half).alias("_near"))
         per_window: list[dict[str, int | list[int]]] = [{} for _ in range(n_windows)]
         for cell, w, count, lo, hi, near in table.select(
@@ -384,21 +394,19 @@ class _Page:
 
         flow_payload = None
         if flows is not None:
-            fm = m.get("flows")
             try:
-                flow_seconds = (parse_duration(str(fm["window"]))
-                                if isinstance(fm, Mapping) and fm.get("window") else win.seconds)
+                flow_seconds = (parse_duration(view.flows.window)
+                                if view.flows is not None and view.flows.window else win.seconds)
             except ValueError:
                 flow_seconds = win.seconds
             fwin = _Windows(tz=win.tz, tz_name=win.tz_name, start=win.start, seconds=flow_seconds, count=0)
             flow_payload = _flows(flows, win, fwin)
         bbox = _bbox(extent, area.rings if area is not None else [], flow_payload)
 
-        signature = m.get("signature")
-        fingerprint = signature.get("fingerprint") if isinstance(signature, Mapping) else None
+        fingerprint = view.signature_fingerprint
         verification = _verify(folder) if folder is not None else None
-        marking = str(m.get("marking") or DEFAULT_MARKING)
-        halfwidth = _int_or_none(m.get("ci95_halfwidth"))
+        marking = view.marking or DEFAULT_MARKING
+        halfwidth = view.ci95_halfwidth
         data: dict[str, Any] = {
             "cells": cells,
             "poly": polygons,
@@ -452,8 +460,9 @@ class _Page:
             start = window
         else:
             raise InputError(f"window {window!r} is outside the period: it has {n} windows (0–{n - 1})")
-        dataset = str(m.get("dataset") or "release")
-        period = str(m.get("key_period") or "")
+        view = ManifestView.of(m)
+        dataset = view.dataset or "release"
+        period = view.key_period or ""
         heading = title or f"Key-group persons per area — {dataset}" + (f", {period}" if period else "")
         zh, en = _marking_halves(self.marking)
         esc = html.escape
@@ -476,7 +485,7 @@ class _Page:
             check += "</div>"
         res = self.data["resolution"]
         area_text = f" (≈ {self.data['areaKm2']:g} km² per hexagon)" if self.data["areaKm2"] else ""
-        length = esc(str(m.get("window") or _duration(self.windows.seconds)))
+        length = esc(view.window or _duration(self.windows.seconds))
         sub = " · ".join(
             part
             for part in (
@@ -484,7 +493,7 @@ class _Page:
                 f"{self.windows.count} windows of {length}",
                 f"local time {esc(self.windows.tz_name)}",
                 f"H3 resolution {res}{area_text}" if res is not None else "",
-                f"release <code>{esc(str(m.get('release_id') or '?'))}</code>",
+                f"release <code>{esc(view.release_id or '?')}</code>",
             )
             if part
         )
@@ -498,11 +507,11 @@ class _Page:
             '<meta name="viewport" content="width=device-width, initial-scale=1">',
             '<meta name="referrer" content="no-referrer">',
             f'<meta name="generator" content="privmob {esc(__version__)}">',
-            f'<meta name="privmob-release-id" content="{esc(str(m.get("release_id") or ""))}">',
+            f'<meta name="privmob-release-id" content="{esc(view.release_id or "")}">',
             f'<meta name="privmob-marking" content="{esc(self.marking)}">',
             f"<title>{esc(heading)} · {esc(zh)}</title>",
             '<link rel="icon" href="data:,">',
-            f"<style>{_asset('report.css')}{self._watermark_css()}</style>",
+            f"<style>{_FONT_SLOT}{_asset('report.css')}{self._watermark_css()}</style>",
             "</head>",
             "<body>",
             '<div class="page-watermark" aria-hidden="true"></div>',
@@ -517,6 +526,7 @@ class _Page:
             f'<p class="sig" id="signature">{signed}</p>',
             check,
             notes,
+            _FONT_NOTE_SLOT,
             "</section>",
             self._viewer(start),
             self._note(),
@@ -529,16 +539,16 @@ class _Page:
             "</main>",
             f'<footer class="marking-footer" id="marking-footer"><span lang="zh-CN">{esc(zh)}</span>'
             + (f"<span>{esc(en)}</span>" if en else "")
-            + f'<span class="meta">release {esc(str(m.get("release_id") or "?"))} · '
+            + f'<span class="meta">release {esc(view.release_id or "?")} · '
             f"{esc(self.fingerprint or 'UNSIGNED')} · "
-            f"privmob {esc(str(m.get('privmob_version') or __version__))}"
+            f"privmob {esc(view.privmob_version or __version__)}"
             " · works offline, fetches nothing</span></footer>",
             f'<script type="application/json" id="privmob-data">{_json_for_script(self.data)}</script>',
             f"<script>{_asset('report.js')}</script>",
             "</body>",
             "</html>",
         ]
-        return "\n".join(p for p in parts if p) + "\n"
+        return _embed_font("\n".join(p for p in parts if p) + "\n")
 
     def _viewer(self, start: int) -> str:
         d = self.data
@@ -645,13 +655,13 @@ are readable without it; the counts are in release.csv / release.parquet.</p></n
 </section>"""
 
     def _note(self) -> str:
-        m = self.manifest
+        view = ManifestView.of(self.manifest)
         half = self.data["halfwidth"]
         thr = self.data["threshold"]
         half_en = f"± {half}" if half is not None else "the stated interval"
         thr_en = f"about {thr}" if thr is not None else "the release threshold"
-        unit = "one person over the whole period" + (f" ({html.escape(str(m['key_period']))})"
-                                                     if m.get("key_period") else "")
+        unit = "one person over the whole period" + (f" ({html.escape(view.key_period)})"
+                                                     if view.key_period else "")
         if self.public_keys:
             absent_en = (
                 "Every cell of the area was noised, empty ones included, so a withheld cell reveals "
@@ -672,10 +682,9 @@ are readable without it; the counts are in release.csv / release.parquet.</p></n
                 f"{thr if thr is not None else '?'}人（或无人），而不是零。"
             )
         half_zh = f"±{half}" if half is not None else "所示区间"
-        fl = m.get("flows")
         flows_en = ""
         if self.data["flows"]:
-            fh = fl.get("ci95_halfwidth") if isinstance(fl, Mapping) else None
+            fh = view.flows.ci95_halfwidth if view.flows is not None else None
             flows_en = (
                 "<p>Arrows are origin–destination flows: distinct key-group persons who made a trip "
                 "between two places, counted with the same kind of noise"
@@ -818,24 +827,23 @@ cover the true count 95% of the time among published cells) and may reach down t
             add(g, "Pseudonymisation", f"{pseudo.get('method', '?')}; linkage period "
                 f"{pseudo.get('linkage_period', '?')}")
 
-        fl = m.get("flows")
-        if isinstance(fl, Mapping):
+        fl = ManifestView.of(m).flows
+        if fl is not None:
             g = "Origin–destination flows"
-            units = str(fl.get("units") or "?")
-            add(g, "Units", units + (f" (property {fl['unit_property']})" if fl.get("unit_property") else ""))
-            add(g, "Windows",
-                f"{_count(fl.get('windows'))} × {fl.get('window', '?')} (trips by departure time)")
-            spent = ", ".join(f"{name} = {_num(fl[key], 4)}" for key, name in
-                              (("epsilon", "ε"), ("delta", "δ"), ("rho", "ρ")) if fl.get(key) is not None)
+            prop = f" (property {fl.unit_property})" if fl.unit_property else ""
+            add(g, "Units", (fl.units or "?") + prop)
+            add(g, "Windows", f"{_count(fl.windows)} × {fl.window or '?'} (trips by departure time)")
+            spent = ", ".join(f"{name} = {_num(value, 4)}" for value, name in
+                              ((fl.epsilon, "ε"), (fl.delta, "δ"), (fl.rho, "ρ")) if value is not None)
             mech_f = {"gaussian": "discrete Gaussian", "laplace": "discrete Laplace"}.get(
-                str(fl.get("mechanism")), str(fl.get("mechanism") or "?"))
-            add(g, "Noise", f"{mech_f}, {spent}; each flow ± {fl.get('ci95_halfwidth', '?')} (95%)")
-            add(g, "Release threshold", f"noisy count ≥ {fl.get('release_threshold', '?')}; keys "
-                f"{fl.get('keys', '?')}; {_count(fl.get('flows_released'))} flow(s) released")
-            add(g, "Contribution bound", f"≤ {fl.get('max_trips_per_window', '?')} trip(s) per person and "
-                f"window, ≤ {fl.get('max_windows', '?')} window(s)")
-            stays = fl.get("stays")
-            if isinstance(stays, Mapping):
+                str(fl.mechanism), fl.mechanism or "?")
+            add(g, "Noise", f"{mech_f}, {spent}; each flow ± {_num(fl.ci95_halfwidth)} (95%)")
+            add(g, "Release threshold", f"noisy count ≥ {_num(fl.release_threshold)}; keys "
+                f"{fl.keys or '?'}; {_count(fl.flows_released)} flow(s) released")
+            add(g, "Contribution bound", f"≤ {_num(fl.max_trips_per_window)} trip(s) per person and "
+                f"window, ≤ {_num(fl.max_windows)} window(s)")
+            stays = fl.stays
+            if stays is not None:
                 add(g, "Stays (trip ends)", f"within {stays.get('radius_m', '?')} m for ≥ "
                     f"{stays.get('min_duration', '?')} (gaps ≤ {stays.get('max_gap', '?')})")
 
@@ -896,12 +904,21 @@ cover the true count 95% of the time among published cells) and may reach down t
         """A repeating, faint, diagonal tile of the marking over the whole page (a data: image)."""
         zh, en = _marking_halves(self.marking)
         ns = "http://www.w3.org/2000/svg"  # a name, not an address; base64 keeps it out of the page
+        # An image cannot use the page's embedded font, so the Chinese is drawn as outlines
+        # (stroked a little for bold); as text only when no font here has its glyphs.
+        outline = text_outline(zh, 22) if cjk_characters(zh) else None
+        zh_svg = (
+            f'<path transform="translate({230 - outline[1] / 2:.1f} 145)" stroke="#8b1a1a" '
+            f'stroke-width="0.7" d="{outline[0]}"/>'
+            if outline
+            else f'<text x="230" y="145" font-size="22" font-weight="700">{html.escape(zh)}</text>'
+        )
         tile = (
             f'<svg xmlns="{ns}" width="460" height="300">'
-            '<g transform="rotate(-28 230 150)" fill="#8b1a1a" fill-opacity="0.06" '
+            '<g transform="rotate(-28 230 150)" fill="#8b1a1a" opacity="0.06" '
             'font-family="Noto Sans CJK SC, Source Han Sans SC, PingFang SC, Microsoft YaHei, sans-serif" '
             'text-anchor="middle">'
-            f'<text x="230" y="145" font-size="22" font-weight="700">{html.escape(zh)}</text>'
+            + zh_svg
             + (f'<text x="230" y="172" font-size="11">{html.escape(en)}</text>' if en else "")
             + "</g></svg>"
         )
@@ -1029,6 +1046,30 @@ def _public_manifest(m: Mapping[str, Any]) -> dict[str, Any]:
                                  if k not in _OPERATOR_ONLY_FLOWS_BOUNDING}
         out["flows"] = flows
     return out
+
+
+def _embed_font(page: str) -> str:
+    """``page`` with a subset of a Chinese font for exactly its CJK characters embedded.
+
+    The viewer's computer may have no Chinese font (then the browser draws empty boxes,
+    "tofu"), so the page carries one: every CJK character anywhere in the page's text (all
+    text nodes, attributes and the data block) is cut from the font :func:`cjk_font` finds
+    (Noto Sans CJK SC, SIL OFL 1.1) into one ``data:`` ``@font-face``. Without such a font
+    here the page still works and says, visibly, that Chinese may not show.
+    """
+    font = embed_cjk(page, stacklevel=5)
+    page = page.replace(_FONT_SLOT, font.css(), 1)
+    note = ""
+    if font.missing:
+        what = "no font with Chinese glyphs was found" if not font.embedded else (
+            f"{len(font.missing)} Chinese character(s) have no glyph in any font found")
+        note = (
+            '<p class="warn" id="font-note">When this page was made, ' + what + ", so it carries "
+            "none for them: on a computer without a Chinese font they show as empty boxes. "
+            "Install fonts-noto-cjk or the noto-cjk-sans-otc package where the page is made, "
+            "and make it again.</p>"
+        )
+    return page.replace(_FONT_NOTE_SLOT, note, 1)
 
 
 def _marking_halves(marking: str) -> tuple[str, str]:

@@ -1,0 +1,75 @@
+"""The budget split: one function gives every table its share; the shares compose to the
+cost a release is charged and states."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import pytest
+
+import privmob as pm
+from privmob.accountant import PrivacyCost
+from privmob.mechanism import calibrate
+from privmob.tablespec import PublicKeys, ThresholdKeys, table_specs
+from tests.conftest import SAMPLES, config
+
+DISTRICTS = SAMPLES / "beijing_districts.geojson"
+BOUNDARY = str(SAMPLES / "beijing_boundary.geojson")
+
+
+def _cfg(mechanism: str, public: bool, flows_units: str) -> pm.JobConfig:
+    return config(
+        grid={"resolution": 7, "window": "3h", "parent_resolutions": [6, 5], "parent_epsilon": 0.25,
+              **({"boundary": BOUNDARY} if public else {})},
+        privacy={"mechanism": mechanism, "max_windows": 8, "epsilon": 1.0, "delta": 1e-7},
+        flows={"units": flows_units, "boundary": str(DISTRICTS), "resolution": 6, "epsilon": 0.5},
+    )
+
+
+CASES = [(m, public, units) for m in ("laplace", "gaussian") for public in (True, False)
+         for units in ("boundary", "cells")]
+
+
+@pytest.mark.parametrize(("mechanism", "public", "units"), CASES)
+def test_the_split_composes_to_the_plan_cost(mechanism: str, public: bool, units: str) -> None:
+    plan = pm.plan(_cfg(mechanism, public, units))
+    specs = plan.specs
+    assert [t.name for t in specs.tables] == ["occupancy", "occupancy_res6", "occupancy_res5", "flows"]
+    total = PrivacyCost(Fraction(0))
+    for t in specs.tables:
+        total = total + t.cost
+    assert plan.cost == specs.cost
+    assert (plan.cost.epsilon, plan.cost.delta, plan.cost.rho_delta) == (
+        total.epsilon, total.delta, total.rho_delta)
+    # each table spends its own configured share of ε
+    assert [float(t.cost.epsilon) for t in specs.tables] == [1.0, 0.25, 0.25, 0.5]
+    # selection δ is charged exactly for the tables whose keys come from the data
+    for t in specs.tables:
+        assert isinstance(t.keys, PublicKeys) == t.public
+        assert t.cost.rho_delta == (0 if t.public else Fraction(repr(t.selection_delta)))
+        assert t.threshold_delta <= t.selection_delta
+    assert specs.occupancy.public == public
+    assert specs.flows is not None and specs.flows.public == (units == "boundary")
+
+
+def test_each_spec_is_calibrated_to_its_share_alone() -> None:
+    """A spec's noise is what OpenDP calibrates for that table's privacy settings by itself."""
+    cfg = _cfg("gaussian", False, "cells")
+    specs = table_specs(cfg)
+    assert isinstance(specs.occupancy.keys, ThresholdKeys)
+    alone = calibrate(cfg.privacy, specs.occupancy.sensitivity, threshold_delta=cfg.privacy.delta / 2)
+    assert specs.occupancy.noise == alone
+    assert specs.levels[6].noise.sensitivity == specs.occupancy.sensitivity
+    assert specs.levels[6].noise.scale > specs.occupancy.noise.scale  # ε 0.25 < 1: more noise
+
+
+def test_the_manifest_states_the_composed_cost(key_env: str) -> None:
+    plan = pm.plan(_cfg("laplace", True, "boundary").with_overrides(grid__parent_resolutions=(6,)))
+    release = plan.release(SAMPLES / "beijing_pings.parquet")
+    m = release.manifest
+    assert m["budget_exact"]["epsilon_exact"] == str(plan.cost.epsilon)
+    split = m["budget_split"]
+    assert list(split) == ["occupancy", "flows", "occupancy_res6"]
+    assert sum(Fraction(repr(v["epsilon"])) for v in split.values()) == plan.cost.epsilon
+    assert m["levels"][0]["release_threshold"] == plan.specs.levels[6].threshold
+    assert m["flows"]["release_threshold"] == plan.specs.flows.threshold  # type: ignore[union-attr]
