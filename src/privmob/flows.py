@@ -27,9 +27,8 @@ import polars as pl
 import polars_h3 as plh3
 
 from privmob.bound import BoundingStats
-from privmob.config import FlowsConfig, JobConfig, parse_duration
+from privmob.config import FlowsConfig, JobConfig
 from privmob.errors import BoundaryError
-from privmob.stays import StayParams, stays, trips
 
 __all__ = ["ExactFlows", "Units", "exact_flows", "load_units", "n_windows", "unit_coordinates"]
 
@@ -113,20 +112,14 @@ class ExactFlows:
         return f"ExactFlows(<{self.counts.height} private keys>, trips={self.trips})"
 
 
-def exact_flows(fixes: pl.DataFrame, config: JobConfig, units: Units | None) -> ExactFlows:
-    """Stays → trips → units → bounded distinct persons per (origin, destination, window).
+def exact_flows(trip_frame: pl.DataFrame, config: JobConfig, units: Units | None) -> ExactFlows:
+    """Trips → units → bounded distinct persons per (origin, destination, window).
 
-    ``fixes`` holds validated, in-scope, in-period positions with keyed pseudonyms:
-    ``pid`` (Int64), ``t`` (epoch s), ``lat``, ``lng``.
+    ``trip_frame`` holds each person's trips (:data:`privmob.stays.TRIP_SCHEMA`, keyed
+    pseudonyms), as :meth:`privmob.backends.Backend.trips` finds them on the engine.
     """
     fc = config.flows
     assert fc is not None
-    params = StayParams(
-        radius_m=fc.stay_radius_m,
-        min_duration_s=parse_duration(fc.stay_min_duration),
-        max_gap_s=parse_duration(fc.stay_max_gap),
-    )
-    trip_frame = trips(stays(fixes.select("pid", "t", "lat", "lng"), params))
     start = int(config.period_start.timestamp())
     n_windows = _n_windows(config, fc)
     located = _locate(trip_frame, fc, units).with_columns(

@@ -117,7 +117,7 @@ def compute(plan: Plan, pings: Any, release_id: str, pseudonymiser: Pseudonymise
     if specs.flows is not None and cfg.flows is not None:
         step("flows: stays, trips, bound, noise")
         tick = time.perf_counter()
-        od = exact_flows(engine.fixes(source, cfg, pseudonymiser), cfg, plan.flows_units)
+        od = exact_flows(engine.trips(source, cfg, pseudonymiser), cfg, plan.flows_units)
         noisy = released[specs.flows.name] = noising.noise_table(specs.flows, od.counts)
         names = {*noisy.frame["origin"].to_list(), *noisy.frame["destination"].to_list()}
         flows_table_ = flows_table(noisy.frame, unit_coordinates(names, plan.flows_units),

@@ -31,7 +31,7 @@ def flows_config(units: str = "boundary", **flows: object) -> pm.JobConfig:
 @pytest.fixture(scope="module")
 def fixes() -> pl.DataFrame:
     cfg = flows_config()
-    return get_backend("polars").fixes(SAMPLES / "beijing_pings.parquet", cfg,
+    return get_backend("polars").trips(SAMPLES / "beijing_pings.parquet", cfg,
                                        Pseudonymiser(TEST_KEY.encode(), "2026-11-26"))
 
 

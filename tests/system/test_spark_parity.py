@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime as dt
 import importlib
 import importlib.util
-import inspect
 import os
 import shutil
 from collections.abc import Iterator
@@ -487,24 +486,9 @@ def _flows_config(units: str = "cells", **flows_section: Any) -> pm.JobConfig:
                           "boundary": str(SAMPLES / "beijing_districts.geojson"), **flows_section})
 
 
-def _flows_take_fixes() -> bool:
-    """Whether flows.exact_flows still finds the trips itself, from ``fixes``."""
-    return next(iter(inspect.signature(flows.exact_flows).parameters)) == "fixes"
-
-
 def _od_counts(trip_frame: pl.DataFrame, cfg: pm.JobConfig, units: Units | None) -> pl.DataFrame:
-    """flows.exact_flows' exact OD counts from the trips an engine found.
-
-    Until flows.exact_flows takes the engine's trips (issue 13), it finds trips from fixes
-    itself: its stays → trips step is then stood in for by the given trips.
-    """
-    if not _flows_take_fixes():
-        counts: pl.DataFrame = flows.exact_flows(trip_frame, cfg, units).counts
-        return counts
-    no_fixes = pl.DataFrame(schema={"pid": pl.Int64, "t": pl.Int64, "lat": pl.Float64, "lng": pl.Float64})
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(flows, "trips", lambda _stays: trip_frame)
-        counts = flows.exact_flows(no_fixes, cfg, units).counts
+    """flows.exact_flows' exact OD counts from the trips an engine found."""
+    counts: pl.DataFrame = flows.exact_flows(trip_frame, cfg, units).counts
     return counts
 
 
@@ -543,8 +527,6 @@ def test_trips_and_flows_on_the_engine_sample(engines: tuple[PolarsBackend, Spar
         c = cfg if units is None else _flows_config("boundary")
         od = _od_counts(expected, c, units)
         assert od.height > 10 and od.equals(_od_counts(got, c, units))
-        if _flows_take_fixes():  # and the same as flows found from the driver's fixes
-            assert od.equals(flows.exact_flows(fixes, c, units).counts)
 
 
 def _edge_case_pings() -> pl.DataFrame:
