@@ -86,18 +86,9 @@ class Backend(Protocol):
 def get_backend(name: str) -> Backend:
     """The backend called ``name``; optional engines are imported only when asked for."""
     if name == "polars":
-        from privmob.backends._polars import PolarsBackend
-
-        return PolarsBackend()
+        return __getattr__("PolarsBackend")()  # type: ignore[no-any-return]
     if name == "spark":
-        try:
-            from privmob.backends._spark import SparkBackend
-        except ImportError as exc:
-            raise BackendUnavailableError(
-                "backend 'spark' needs PySpark (and a Java runtime to run); install it with "
-                "`pip install 'privmob[spark]'`"
-            ) from exc
-        return SparkBackend()
+        return __getattr__("SparkBackend")()  # type: ignore[no-any-return]
     raise ConfigError(f"unknown backend {name!r}; use 'polars' or 'spark'")
 
 
