@@ -4,7 +4,7 @@ On N synthetic pings (:mod:`privmob.synth`, cached under benchmarks/data/, never
 committed; 300k by default), in Spark local mode:
 
 * **driver** — what flows did before issue 13: ``SparkBackend.fixes()`` brings every
-  usable fix to the driver, where :func:`privmob.stays.person_trips` runs;
+  usable fix to the driver, where :func:`privmob.movement.stays.person_trips` runs;
 * **engine** — ``SparkBackend.trips()``: one shuffle by person, then ``person_trips`` per
   chunk of whole persons on the executors; the driver receives the trips and one row
   per person (the id, hashed there).
@@ -33,8 +33,8 @@ import privmob as pm
 from privmob import synth
 from privmob.backends import _spark
 from privmob.backends._spark import SparkBackend, local_session
-from privmob.pseudonymise import Pseudonymiser
-from privmob.stays import StayParams, person_trips
+from privmob.movement.stays import StayParams, person_trips
+from privmob.stages.pseudonymise import Pseudonymiser
 
 HERE = Path(__file__).resolve().parent
 SAMPLE = HERE.parent / "data-samples" / "beijing_pings.parquet"

@@ -17,7 +17,7 @@ key (cell at its resolution, window):
 - ``recall@20``: share of true (cell, window) keys with ≥ 20 persons that were released;
 - ``spurious``: share of released keys whose true count is below ``min_count``;
 - ``MRE``: median over released keys of |released − true| / max(true, 1);
-- ``EMD km`` (via :func:`privmob.evaluate.evaluate`, where the release has one resolution).
+- ``EMD km`` (via :func:`privmob.analysis.evaluate.evaluate`, where the release has one resolution).
 
 Issue 12's goal, at ε = 1 per person-day with only ε set: recall@20 ≥ 0.5, spurious ≤ 5%,
 MRE ≤ 0.3. The truth is exact and exists here only to measure: never tune a real release on
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
             f"in {time.perf_counter() - tick:.0f} s")
         for i, day in enumerate(days):
             cfg = job(args, f"geolife-day{i}")
-            from privmob.ledger import Ledger, budget_from
+            from privmob.governance.ledger import Ledger, budget_from
 
             Ledger(Path(os.environ["PRIVMOB_LEDGER"])).declare(
                 cfg.dataset, budget_from(args.epsilon * 10, 1e-5, None), operator="bench",

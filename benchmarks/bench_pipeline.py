@@ -35,11 +35,13 @@ import polars as pl
 import polars_h3 as plh3
 
 import privmob as pm
-from privmob import ingest, keys, scope, sparse, synth
+from privmob import synth
 from privmob.backends import get_backend
-from privmob.noising import key_vector, noise_table
-from privmob.pseudonymise import Pseudonymiser
-from privmob.tablespec import PublicKeys
+from privmob.privacy import keys, sparse
+from privmob.privacy.noising import key_vector, noise_table
+from privmob.privacy.tablespec import PublicKeys
+from privmob.stages import ingest, scope
+from privmob.stages.pseudonymise import Pseudonymiser
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent

@@ -39,7 +39,7 @@ import pyarrow as pa
 import privmob as pm
 from privmob.backends._polars import PolarsBackend
 from privmob.backends._spark import SparkBackend, local_session
-from privmob.pseudonymise import Pseudonymiser
+from privmob.stages.pseudonymise import Pseudonymiser
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_pipeline import dataset, job, timed

@@ -1,6 +1,6 @@
 """Speed, memory and output of stay/trip detection on real and synthetic traces.
 
-Measures ``privmob.stays.stays()`` + ``trips()`` on
+Measures ``privmob.movement.stays.stays()`` + ``trips()`` on
 
 * the GeoLife traces (../shared/data/geolife/traces.csv.gz, 4.5M real fixes at 1–5 s;
   skipped with a note when absent), and
@@ -90,7 +90,7 @@ def _reset_peak() -> bool:
 
 def worker(which: str, arg: str) -> dict[str, Any]:
     """Load the input, then time stays() and trips() on it; one JSON line on stdout."""
-    from privmob.stays import stays, trips
+    from privmob.movement.stays import stays, trips
 
     t = time.perf_counter()
     fixes = load(which, arg)
@@ -120,7 +120,7 @@ def describe(fixes: pl.DataFrame, s: pl.DataFrame, tr: pl.DataFrame) -> dict[str
     """What came out, and how much raw fixes overstate movement against stays and trips."""
     import polars_h3 as plh3
 
-    from privmob.stays import StayParams, _stays
+    from privmob.movement.stays import StayParams, _stays
 
     day = ((pl.col("t") + LOCAL_OFFSET_S) // 86_400).alias("day")  # local days
     cells = (
@@ -153,7 +153,7 @@ def reference_loop(which: str, arg: str) -> dict[str, Any]:
     sys.path.insert(0, str(REPO))
     from tests.unit.test_stays import reference_stays
 
-    from privmob.stays import StayParams, stays
+    from privmob.movement.stays import StayParams, stays
 
     fixes = load(which, arg)
     sizes = fixes.group_by("pid").len().sort("pid")

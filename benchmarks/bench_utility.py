@@ -6,11 +6,11 @@ On synthetic Beijing data (``privmob.synth``; the truth is known), with the publ
 
 1. **Sweep.** One synthetic day is released for every ε in 0.1, 0.5, 1, 2, 5 × H3
    resolution 6, 7, 8 × hourly and 3-hourly windows, and each release is scored by
-   :func:`privmob.evaluate.evaluate` against the *unbounded* truth (distinct persons per
+   :func:`privmob.analysis.evaluate.evaluate` against the *unbounded* truth (distinct persons per
    cell and window, what an analyst wants to know; the error includes bounding loss) and
    the *bounded* truth (what the mechanism noised; noise and suppression only).
 2. **Forecast skill.** Seven days of the same population are released one day at a time
-   (res 7, 1 h, ε = 1); day 7 is forecast from days 1–6 with :func:`privmob.forecast`
+   (res 7, 1 h, ε = 1); day 7 is forecast from days 1–6 with :func:`privmob.analysis.forecast`
    (ETS) and with the seasonal-naive baseline, and both are scored against day 7's bounded
    truth and against day 7's own release.
 
@@ -39,9 +39,9 @@ import polars as pl
 
 import privmob as pm
 from privmob import synth
+from privmob.analysis.evaluate import evaluate, truth_counts
+from privmob.analysis.forecast import forecast
 from privmob.config import parse_duration
-from privmob.evaluate import evaluate, truth_counts
-from privmob.forecast import forecast
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent

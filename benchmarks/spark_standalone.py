@@ -285,7 +285,7 @@ def run(master: str, rows: list[int], archive: Path | None, release: bool) -> di
     import privmob as pm
     from privmob.backends._polars import PolarsBackend
     from privmob.backends._spark import SparkBackend
-    from privmob.pseudonymise import Pseudonymiser
+    from privmob.stages.pseudonymise import Pseudonymiser
 
     startup, spark = timed(lambda: session(master, archive))
     out: dict[str, Any] = {"master": master, "spark": spark.version, "polars": pl.__version__,

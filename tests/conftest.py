@@ -1,4 +1,4 @@
-"""Shared fixtures: a pseudonymisation key, small hand-made ping frames, job configs."""
+"""Shared fixtures: a pseudonymisation key, hand-made ping frames, job configs, a signed demo release."""
 
 from __future__ import annotations
 
@@ -45,13 +45,32 @@ def _private_ledger(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     return path
 
 
+@pytest.fixture(scope="session")
+def signed_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A genuine demo release (``privmob demo``, signed with a throw-away key) and that key's
+    fingerprint, made once per session: tests read it or copy it, never change it."""
+    import contextlib
+    import io
+    import re
+
+    from privmob.cli import main
+
+    out = tmp_path_factory.mktemp("signed-demo") / "release"
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text):
+        assert main(["demo", "--out", str(out)]) == 0
+    found = re.search(r"--fingerprint (SHA256:\S+)\)", text.getvalue())
+    assert found, text.getvalue()
+    return out, found.group(1)
+
+
 @contextmanager
 def fresh_ledger(epsilon_per_day: float | None = None) -> Iterator[Path]:
     """A new default ledger for one block: for tests (property tests) that release many
     times, each example as a first release of its own population. With ``epsilon_per_day``
     the ledger is made with one population declared at that cap (which a job without
     [budget] then charges)."""
-    from privmob.ledger import Ledger, budget_from
+    from privmob.governance.ledger import Ledger, budget_from
 
     with tempfile.TemporaryDirectory(prefix="privmob-ledger-") as tmp, \
             pytest.MonkeyPatch.context() as mp:

@@ -11,7 +11,8 @@ privmob ... release plan for 'dataframe', period 2026-11-26 (Asia/Shanghai)
 """
 
 from privmob._version import __version__
-from privmob.accountant import PrivacyCost
+from privmob.analysis.evaluate import evaluate
+from privmob.analysis.forecast import Forecast, forecast
 from privmob.config import (
     BudgetConfig,
     FlowsConfig,
@@ -35,12 +36,11 @@ from privmob.errors import (
     ReleaseWriteError,
     SchemaError,
 )
-from privmob.evaluate import evaluate
-from privmob.forecast import Forecast, forecast
-from privmob.ingest import Pings, read_pings
-from privmob.plan import Plan, plan
-from privmob.plan import release_flows as flows
-from privmob.release import ReleasedTable
+from privmob.pipeline.plan import Plan, plan
+from privmob.pipeline.plan import release_flows as flows
+from privmob.privacy.accountant import PrivacyCost
+from privmob.release.table import ReleasedTable
+from privmob.stages.ingest import Pings, read_pings
 
 
 def __getattr__(name: str) -> object:

@@ -25,9 +25,9 @@ from rich.console import Console
 from privmob import __version__
 from privmob.config import JobConfig, check_output_template, output_root
 from privmob.errors import ConfigError, KeyFileError, PrivmobError
-from privmob.ledger import Budget, Ledger
-from privmob.plan import Plan
-from privmob.plan import plan as make_plan
+from privmob.governance.ledger import Budget, Ledger
+from privmob.pipeline.plan import Plan
+from privmob.pipeline.plan import plan as make_plan
 
 __all__ = ["app", "main"]
 
@@ -280,11 +280,10 @@ def _require_key(cfg: JobConfig, job: Path) -> None:
 
 def _dry_run(p: Plan, from_store: bool) -> None:
     """Everything `run` checks before reading data, and the input's schema; spends nothing."""
-    import polars as pl
-
-    from privmob.ingest import REQUIRED_COLUMNS, read_pings, require_columns, validate
-    from privmob.pseudonymise import load_key
-    from privmob.signing import fingerprint, load_private_key
+    from privmob.governance.signing import fingerprint, load_private_key
+    from privmob.stages.ingest import REQUIRED_COLUMNS, read_pings
+    from privmob.stages.pseudonymise import load_key
+    from privmob.stages.scope import check_schema
 
     cfg = p.config
     _out.print(p.explain(), markup=False)
@@ -305,11 +304,11 @@ def _dry_run(p: Plan, from_store: bool) -> None:
     else:
         assert cfg.job.input is not None
         schema = read_pings(cfg.job.input).schema()
-        require_columns(schema, group_optional=cfg.scope.assume_group is not None)
+        # The very check every engine makes on the schema it reads: the dry run refuses
+        # exactly the inputs the run refuses, with the same message (a Boolean ts fails
+        # here, not after the charge).
+        check_schema(schema, cfg)
         job_columns = {c: schema[c] for c in REQUIRED_COLUMNS if c in schema}
-        # Types checked as the run will (a Boolean ts fails here, not after the charge).
-        validate(pl.LazyFrame(schema=job_columns), job_columns, cfg.job.timezone,
-                 assume_group=cfg.scope.assume_group)
         others = len(schema) - len(job_columns)
         # Other headers are input (a headerless file's first row is data): counted, not named.
         lines.append(f"  input schema: ok ({', '.join(f'{k}: {v}' for k, v in job_columns.items())}"
@@ -346,8 +345,8 @@ def demo(
     staging = work / "release"
     try:
         with tempfile.TemporaryDirectory(prefix="privmob-demo-") as tmp:
-            from privmob.pseudonymise import new_key
-            from privmob.signing import generate_keypair
+            from privmob.governance.signing import generate_keypair
+            from privmob.stages.pseudonymise import new_key
 
             key_file = Path(tmp) / "demo.key"
             key_file.write_bytes(new_key())
@@ -387,7 +386,7 @@ def _check_demo_target(out: Path, dataset: str) -> None:
     it, and its manifest names the demo's dataset)."""
     import json
 
-    from privmob.signing import MANIFEST_FILE, verify_release
+    from privmob.governance.signing import MANIFEST_FILE, verify_release
 
     if not out.exists() and not out.is_symlink():
         return
@@ -457,7 +456,7 @@ def keys_pseudonym(
     path: Annotated[Path, typer.Argument(help="Where to create the key file (mode 0600).")],
 ) -> None:
     """Create a new random pseudonymisation key file, readable by its owner only."""
-    from privmob.pseudonymise import new_key
+    from privmob.stages.pseudonymise import new_key
 
     if path.exists() or path.is_symlink():
         raise ConfigError(f"{path} exists; a key file is never overwritten")
@@ -509,7 +508,7 @@ def keys_init(
     path: Annotated[Path, typer.Argument(help="Private signing key file to create (mode 0600).")],
 ) -> None:
     """Create an Ed25519 signing key pair for releases (PATH and PATH.pub)."""
-    from privmob.signing import generate_keypair
+    from privmob.governance.signing import generate_keypair
 
     _make_key_folder(path)
     fp = generate_keypair(path)
@@ -534,7 +533,7 @@ def verify(
     Exit 5: the files match the signature, but no key was pinned, so who signed is
     unknown (a key shipped in the folder proves nothing: anyone can re-sign).
     """
-    from privmob.signing import TRUSTED_KEYS_ENV, load_trusted_fingerprints, verify_release
+    from privmob.governance.signing import TRUSTED_KEYS_ENV, load_trusted_fingerprints, verify_release
 
     if trusted_keys is None and os.environ.get(TRUSTED_KEYS_ENV):
         trusted_keys = Path(os.environ[TRUSTED_KEYS_ENV])
@@ -570,7 +569,7 @@ def _ledger_paths(ledger: Path | None, job: Path | None) -> tuple[Path, Path]:
 
 
 def _open_ledger(ledger: Path | None, job: Path | None, *, create: bool = False) -> Ledger:
-    from privmob.ledger import Ledger
+    from privmob.governance.ledger import Ledger
 
     path, audit = _ledger_paths(ledger, job)
     return Ledger(path, audit, create=create)
@@ -579,7 +578,7 @@ def _open_ledger(ledger: Path | None, job: Path | None, *, create: bool = False)
 def _caps(ledger: Path, epsilon: float | None, rho: float | None, delta: float) -> Budget:
     """Caps from the command line, checked like a job's [budget]."""
     from privmob.config import BudgetConfig
-    from privmob.ledger import budget_from
+    from privmob.governance.ledger import budget_from
 
     b = BudgetConfig(ledger=ledger, epsilon_per_day=epsilon, rho_per_day=rho, delta_per_day=delta)
     return budget_from(b.epsilon_per_day, b.delta_per_day, b.rho_per_day)
@@ -739,7 +738,7 @@ def audit_verify(
     explain (a refund by editing the ledger), and every release whose signed anchor is not
     in the log (a recomputed chain).
     """
-    from privmob.audit import AuditLog
+    from privmob.governance.audit import AuditLog
 
     if job is not None or ledger is not None:
         led = _open_ledger(ledger, job)
@@ -776,8 +775,8 @@ def purge(
     today: Annotated[str | None, typer.Option(help="Treat this date (YYYY-MM-DD) as today.")] = None,
 ) -> None:
     """Delete working-store data older than its retention period (logged in the audit log)."""
-    from privmob.audit import AuditLog
-    from privmob.ledger import Ledger
+    from privmob.governance.audit import AuditLog
+    from privmob.governance.ledger import Ledger
 
     cfg = JobConfig.from_toml(job)
     if cfg.store is None:

@@ -409,7 +409,7 @@ class FlowsConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class StoreConfig:
-    """The optional working store of pseudonymised positions (see :mod:`privmob.store`)."""
+    """The optional working store of pseudonymised positions (see :mod:`privmob.governance.store`)."""
 
     path: Path
     key_file: Path

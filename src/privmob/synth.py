@@ -10,7 +10,7 @@ Nothing here is derived from a real data set (in particular not from GeoLife): t
 places are approximate public landmarks (business districts, large residential areas)
 and every movement is drawn from the seeded random generator below. Because the data is
 synthetic, ``numpy.random`` is the right tool; privacy noise is drawn elsewhere
-(``privmob.mechanism``, OpenDP only).
+(``privmob.privacy.mechanism``, OpenDP only).
 
 Model, per person and local day (the city's time zone)
 -----------------------------------------------------

@@ -19,7 +19,7 @@ was there" (A − B < min_count).
 
 The exact counts come from the real pipeline (Polars backend, bounding with k = w = 1);
 the noisy releases of X are drawn many times with the plan's OpenDP mechanism and
-suppressed with the plan's own :func:`~privmob.release.suppress` and threshold.
+suppressed with the plan's own :func:`~privmob.release.table.suppress` and threshold.
 """
 
 from __future__ import annotations
@@ -38,12 +38,12 @@ import polars as pl
 import pytest
 
 import privmob as pm
-from privmob import mechanism
 from privmob.backends import get_backend
 from privmob.errors import BudgetExceededError
-from privmob.ledger import Ledger
-from privmob.pseudonymise import Pseudonymiser
-from privmob.release import suppress
+from privmob.governance.ledger import Ledger
+from privmob.privacy import mechanism
+from privmob.release.table import suppress
+from privmob.stages.pseudonymise import Pseudonymiser
 from tests.conftest import PERIOD_START, TEST_KEY, config
 from tests.statistical.test_dp_audit import cp_lower, cp_upper, lower_bound
 

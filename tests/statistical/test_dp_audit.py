@@ -14,7 +14,7 @@ How the audit works, and why it is fast and still tests the real thing:
   they carry no information about the heavy person; the best test looks only at the keys
   that differ, and so does this one.
 - Many releases of those keys are drawn with the plan's calibrated OpenDP mechanism
-  (:func:`privmob.mechanism.noise_counts`) — thousands of releases in a second or two.
+  (:func:`privmob.privacy.mechanism.noise_counts`) — thousands of releases in a second or two.
   The audit is on the noisy counts *before* suppression: suppression is post-processing,
   so an attacker seeing only published counts can do no better.
 - The test statistic is the likelihood-ratio statistic of the claimed mechanism on those
@@ -59,11 +59,11 @@ import pytest
 from scipy import stats
 
 import privmob as pm
-from privmob import mechanism
-from privmob.aggregate import ExactCounts
 from privmob.backends import get_backend
-from privmob.mechanism import NoiseModel
-from privmob.pseudonymise import Pseudonymiser
+from privmob.privacy import mechanism
+from privmob.privacy.mechanism import NoiseModel
+from privmob.stages.aggregate import ExactCounts
+from privmob.stages.pseudonymise import Pseudonymiser
 from tests.conftest import PERIOD_START, SAMPLES, TEST_KEY, config, fresh_ledger
 
 ALPHA = 1e-3  # each audit's bounds hold jointly with probability ≥ 99.9%

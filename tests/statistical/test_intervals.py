@@ -2,11 +2,11 @@
 
 A count is published only when its noisy value clears τ, so a published count of a small
 true count is biased upward and ``count ± h`` misses it every time (coverage 0 for true
-counts below τ − h). The selection-aware interval (privmob.intervals) must cover every
+counts below τ − h). The selection-aware interval (privmob.privacy.intervals) must cover every
 true count with probability ≥ 95% given publication, near and below τ included.
 
 The simulation is a release: keys with true counts spread over [0, 3τ] are noised and
-suppressed by the production path (:func:`privmob.sparse.noise_and_suppress`, OpenDP's
+suppressed by the production path (:func:`privmob.privacy.sparse.noise_and_suppress`, OpenDP's
 samplers; numpy only chooses how many keys of each count), and only what was published
 is scored. Each true count is a bucket. Checks, at a false-alarm rate of about 1e-6 each:
 
@@ -29,11 +29,11 @@ import pytest
 from scipy import stats
 
 import privmob as pm
-from privmob import sparse
-from privmob.accountant import PrivacyCost
 from privmob.errors import ConfigError, InputError
-from privmob.intervals import log_sf, near_threshold, selection_interval
-from privmob.mechanism import NoiseModel, Sensitivity
+from privmob.privacy import sparse
+from privmob.privacy.accountant import PrivacyCost
+from privmob.privacy.intervals import log_sf, near_threshold, selection_interval
+from privmob.privacy.mechanism import NoiseModel, Sensitivity
 
 ALPHA = 1e-6  # per check
 TARGET = 600  # published keys expected per bucket

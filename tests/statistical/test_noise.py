@@ -13,9 +13,9 @@ import pytest
 from scipy import stats
 
 import privmob as pm
-from privmob import mechanism
-from privmob.mechanism import NoiseModel
-from privmob.noising import noise_table
+from privmob.privacy import mechanism
+from privmob.privacy.mechanism import NoiseModel
+from privmob.privacy.noising import noise_table
 from tests.conftest import SAMPLES, config
 
 ALPHA = 1e-4

@@ -1,6 +1,6 @@
 """The sparse noise path has the output distribution of noising every key and suppressing.
 
-``privmob.sparse`` never draws noise for most sub-threshold public keys; ADR 0005 argues it
+``privmob.privacy.sparse`` never draws noise for most sub-threshold public keys; ADR 0005 argues it
 releases exactly what per-key noising + suppression would. These tests check that claim
 where it could break, at a false-alarm rate ALPHA per check, on small noise scales so every
 class clears τ often enough to give the tests power:
@@ -24,9 +24,9 @@ import numpy.typing as npt
 import pytest
 from scipy import stats
 
-from privmob import sparse
-from privmob.accountant import PrivacyCost
-from privmob.mechanism import NoiseModel, Sensitivity
+from privmob.privacy import sparse
+from privmob.privacy.accountant import PrivacyCost
+from privmob.privacy.mechanism import NoiseModel, Sensitivity
 from tests.statistical.test_noise import merged_chisquare
 
 #: Per check. 22 checks per mechanism plus the two-sample tables: at 1e-6 a false alarm

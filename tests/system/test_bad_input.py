@@ -30,13 +30,13 @@ import polars as pl
 import pytest
 
 import privmob as pm
-from privmob.audit import AuditLog
 from privmob.backends import get_backend
 from privmob.cli import main
-from privmob.ingest import BAD_REASONS
-from privmob.ledger import Ledger
-from privmob.pseudonymise import Pseudonymiser
-from privmob.release import read_operator_record
+from privmob.governance.audit import AuditLog
+from privmob.governance.ledger import Ledger
+from privmob.release.table import read_operator_record
+from privmob.stages.ingest import BAD_REASONS
+from privmob.stages.pseudonymise import Pseudonymiser
 from tests.conftest import SAMPLES, TEST_KEY
 
 CORPUS = Path(__file__).resolve().parents[1] / "corpus"

@@ -14,7 +14,7 @@ import polars as pl
 import pytest
 
 from privmob.cli import main
-from privmob.release import RELEASE_FILES, read_operator_record
+from privmob.release.table import RELEASE_FILES, read_operator_record
 from tests.conftest import SAMPLES, TEST_KEY
 
 MANIFEST_KEYS = {

@@ -12,30 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import shutil
 from pathlib import Path
 
 import pytest
 
 from privmob.cli import EXIT_AUTHOR_UNVERIFIED, main
-from privmob.signing import PUBLIC_KEY_FILE, generate_keypair, load_private_key, write_signature
+from privmob.governance.signing import PUBLIC_KEY_FILE, generate_keypair, load_private_key, write_signature
 from tests.system.test_cli import write_job
-
-
-@pytest.fixture(scope="module")
-def demo_release(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """A genuine signed release (the demo's) and the fingerprint of the key that signed it."""
-    import contextlib
-    import io
-
-    out = tmp_path_factory.mktemp("demo") / "release"
-    text = io.StringIO()
-    with contextlib.redirect_stdout(text):
-        assert main(["demo", "--out", str(out)]) == 0
-    found = re.search(r"--fingerprint (SHA256:\S+)\)", text.getvalue())
-    assert found, text.getvalue()
-    return out, found.group(1)
 
 
 def _copy(release: Path, tmp: Path) -> Path:
@@ -58,19 +42,19 @@ def _resign_as_attacker(release: Path, tmp: Path) -> str:
     return fp
 
 
-def test_verify_without_a_pinned_key_never_exits_0(demo_release: tuple[Path, str], tmp_path: Path,
+def test_verify_without_a_pinned_key_never_exits_0(signed_demo: tuple[Path, str], tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    release = _copy(demo_release[0], tmp_path)
+    release = _copy(signed_demo[0], tmp_path)
     assert EXIT_AUTHOR_UNVERIFIED == 5
     assert main(["verify", str(release)]) == 5  # genuine, but nothing says whose
     out = capsys.readouterr().out
     assert "authorship NOT verified" in out and "--fingerprint" in out and "--trusted-keys" in out
 
 
-def test_an_attacker_resigned_release_never_verifies(demo_release: tuple[Path, str], tmp_path: Path,
+def test_an_attacker_resigned_release_never_verifies(signed_demo: tuple[Path, str], tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
-    release, real_fp = _copy(demo_release[0], tmp_path), demo_release[1]
+    release, real_fp = _copy(signed_demo[0], tmp_path), signed_demo[1]
     attacker_fp = _resign_as_attacker(release, tmp_path)
     assert main(["verify", str(release)]) == 5  # was 0: the folder vouched for itself
     assert main(["verify", str(release), "--fingerprint", real_fp]) == 1
@@ -82,9 +66,9 @@ def test_an_attacker_resigned_release_never_verifies(demo_release: tuple[Path, s
     assert attacker_fp in capsys.readouterr().out
 
 
-def test_a_genuine_release_verifies_with_a_pinned_key(demo_release: tuple[Path, str], tmp_path: Path,
+def test_a_genuine_release_verifies_with_a_pinned_key(signed_demo: tuple[Path, str], tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    release, real_fp = demo_release
+    release, real_fp = signed_demo
     assert main(["verify", str(release), "--fingerprint", real_fp]) == 0
     trusted = tmp_path / "trusted_keys"
     trusted.write_text(f"{real_fp}\n", encoding="utf-8")
@@ -93,12 +77,12 @@ def test_a_genuine_release_verifies_with_a_pinned_key(demo_release: tuple[Path, 
     assert main(["verify", str(release)]) == 0
 
 
-def test_a_bad_trusted_keys_file_is_a_clear_error(demo_release: tuple[Path, str], tmp_path: Path,
+def test_a_bad_trusted_keys_file_is_a_clear_error(signed_demo: tuple[Path, str], tmp_path: Path,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     trusted = tmp_path / "trusted_keys"
     trusted.write_text("not-a-fingerprint\n", encoding="utf-8")
-    assert main(["verify", str(demo_release[0]), "--trusted-keys", str(trusted)]) == 2
-    assert main(["verify", str(demo_release[0]), "--trusted-keys", str(tmp_path / "none")]) == 2
+    assert main(["verify", str(signed_demo[0]), "--trusted-keys", str(trusted)]) == 2
+    assert main(["verify", str(signed_demo[0]), "--trusted-keys", str(tmp_path / "none")]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.count("error:") == 2
 
@@ -119,16 +103,16 @@ def test_demo_refuses_an_unrelated_folder_and_keeps_it(tmp_path: Path,
 
 
 def test_demo_keeps_a_folder_holding_a_release_plus_something_else(
-        demo_release: tuple[Path, str], tmp_path: Path) -> None:
-    release = _copy(demo_release[0], tmp_path)
+        signed_demo: tuple[Path, str], tmp_path: Path) -> None:
+    release = _copy(signed_demo[0], tmp_path)
     (release / "notes.txt").write_text("mine")
     assert main(["demo", "--out", str(release)]) == 2
     assert (release / "notes.txt").read_text() == "mine"
 
 
 def test_demo_replaces_its_own_earlier_output_and_a_staging_sibling_survives(
-        demo_release: tuple[Path, str], tmp_path: Path) -> None:
-    release = _copy(demo_release[0], tmp_path)
+        signed_demo: tuple[Path, str], tmp_path: Path) -> None:
+    release = _copy(signed_demo[0], tmp_path)
     sibling = tmp_path / "release.new"
     sibling.mkdir()
     (sibling / "keep.txt").write_text("mine")
@@ -169,10 +153,10 @@ def test_a_period_folder_that_escapes_by_symlink_is_refused(tmp_path: Path,
 
 
 def test_report_onto_an_existing_file_is_a_clear_error(
-        demo_release: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        signed_demo: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     target = tmp_path / "report.pdf"
     target.write_text("an existing file")
-    assert main(["report", str(demo_release[0]), "--out", str(target)]) == 2
+    assert main(["report", str(signed_demo[0]), "--out", str(target)]) == 2
     err = capsys.readouterr().err
     assert "is not a folder" in err and "Traceback" not in err and "internal error" not in err
     assert target.read_text() == "an existing file"

@@ -22,8 +22,8 @@ import pytest
 import privmob.cli as cli
 from privmob import __version__
 from privmob.cli import main
-from privmob.keys import BOUNDARY_FILE, boundary_document, load_boundary, release_boundary
-from privmob.release import ReleasedTable
+from privmob.privacy.keys import BOUNDARY_FILE, boundary_document, load_boundary, release_boundary
+from privmob.release.table import ReleasedTable
 from tests.conftest import REPO, SAMPLES
 
 CLI = Path(sys.executable).with_name("privmob")
@@ -37,21 +37,6 @@ def _samples_copy(root: Path) -> Path:
         shutil.copy(SAMPLES / name, samples / name)
     (samples / "beijing_pings.parquet").symlink_to(SAMPLES / "beijing_pings.parquet")
     return samples
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """A demo release (signed with a throw-away key) and that key's fingerprint."""
-    import contextlib
-    import io
-
-    out = tmp_path_factory.mktemp("ux") / "demo"
-    text = io.StringIO()
-    with contextlib.redirect_stdout(text):
-        assert main(["demo", "--out", str(out)]) == 0
-    found = re.search(r"--fingerprint (SHA256:\S+)\)", text.getvalue())
-    assert found, text.getvalue()
-    return out, found.group(1)
 
 
 # ── 1. the demo job with `privmob run` ─────────────────────────────────────────────────
@@ -68,7 +53,7 @@ def _readme_run_command() -> str:
 
 def test_the_demo_job_runs_with_the_commands_its_error_names(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    from privmob.ledger import Ledger
+    from privmob.governance.ledger import Ledger
 
     default_ledger = Path(os.environ["PRIVMOB_LEDGER"])  # conftest: a per-test one
     monkeypatch.delenv("PRIVMOB_PSEUDONYM_KEY", raising=False)
@@ -183,8 +168,8 @@ def test_every_bracketed_word_of_every_help_text_is_shown(capsys: pytest.Capture
 
 
 def test_budget_show_at_80_columns_cuts_nothing(tmp_path: Path) -> None:
-    from privmob.accountant import PrivacyCost
-    from privmob.ledger import Ledger, budget_from
+    from privmob.governance.ledger import Ledger, budget_from
+    from privmob.privacy.accountant import PrivacyCost
 
     ledger = Ledger(tmp_path / "ledger.sqlite", create=True)
     names = ["beijing-key-groups-municipal-health-commission-2026", "shanghai-close-contacts"]
@@ -221,8 +206,8 @@ def test_version_option_prints_the_version(capsys: pytest.CaptureFixture[str]) -
 # ── 6. CSV times in the job's zone ──────────────────────────────────────────────────────
 
 
-def test_a_beijing_release_csv_reads_the_local_day_with_its_offset(demo: tuple[Path, str]) -> None:
-    folder = demo[0]
+def test_a_beijing_release_csv_reads_the_local_day_with_its_offset(signed_demo: tuple[Path, str]) -> None:
+    folder = signed_demo[0]
     csv = pl.read_csv(folder / "release.csv", comment_prefix="#", schema_overrides={"cell": pl.String})
     first = csv.get_column("window_start").sort()[0]
     assert first == "2026-11-26T00:00:00+08:00"  # was 2026-11-25T16:00:00Z: the day before
@@ -255,8 +240,9 @@ def test_flows_and_level_csvs_use_the_local_zone_too(tmp_path: Path) -> None:
 # ── 7. the release carries its boundary ─────────────────────────────────────────────────
 
 
-def test_report_without_boundary_draws_the_releases_own(demo: tuple[Path, str], tmp_path: Path) -> None:
-    folder, fingerprint = demo
+def test_report_without_boundary_draws_the_releases_own(signed_demo: tuple[Path, str],
+                                                        tmp_path: Path) -> None:
+    folder, fingerprint = signed_demo
     carried = folder / BOUNDARY_FILE
     # The public boundary, in the signed file list; the release still verifies.
     assert carried.read_bytes() == (SAMPLES / "beijing_boundary.geojson").read_bytes()
@@ -273,20 +259,20 @@ def test_report_without_boundary_draws_the_releases_own(demo: tuple[Path, str], 
     assert data["boundary"] and data["isKey"] is not None
 
 
-def test_heatmap_of_a_folder_draws_its_boundary(demo: tuple[Path, str]) -> None:
+def test_heatmap_of_a_folder_draws_its_boundary(signed_demo: tuple[Path, str]) -> None:
     from privmob import report
 
-    hm = report.heatmap(demo[0])
+    hm = report.heatmap(signed_demo[0])
     axes = hm.panels[0].axes
     assert [a for a in (*axes.collections, *axes.patches) if a.get_gid() == "boundary"]
 
 
-def test_a_changed_boundary_file_breaks_verification(demo: tuple[Path, str], tmp_path: Path,
+def test_a_changed_boundary_file_breaks_verification(signed_demo: tuple[Path, str], tmp_path: Path,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     folder = tmp_path / "release"
-    shutil.copytree(demo[0], folder)
+    shutil.copytree(signed_demo[0], folder)
     (folder / BOUNDARY_FILE).write_text('{"type": "FeatureCollection", "features": []}')
-    assert main(["verify", str(folder), "--fingerprint", demo[1]]) == 1
+    assert main(["verify", str(folder), "--fingerprint", signed_demo[1]]) == 1
     assert f"{BOUNDARY_FILE}: content changed" in capsys.readouterr().out  # signed, not unlisted
 
 
@@ -310,3 +296,45 @@ def test_a_converted_datum_boundary_is_read_back_in_its_datum() -> None:
     gcj = load_boundary(path, crs="gcj02")
     boundary, note = release_boundary(path, gcj.key_label)  # was: "no property 'crs'"
     assert note is None and (boundary.cells(7) == gcj.cells(7)).all()
+
+
+# ── 8. the dry run refuses exactly what the run refuses ────────────────────────────────
+
+
+def _schema_job(tmp_path: Path, frame: pl.DataFrame, *, assume_group: bool = False) -> Path:
+    from tests.system.test_cli import write_job
+
+    source = tmp_path / "pings.parquet"
+    frame.write_parquet(source)
+    job = write_job(tmp_path, input_name=str(source))  # an absolute name replaces SAMPLES
+    if assume_group:
+        job.write_text(job.read_text().replace("[scope]\n", '[scope]\nassume_group = "confirmed"\n'))
+    return job
+
+
+def _refusal(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, list[str]]:
+    capsys.readouterr()
+    code = main(args)
+    return code, [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+
+
+@pytest.mark.parametrize("case", ["no lat column", "group column and assume_group",
+                                  "no group column, no assume_group"])
+def test_the_dry_run_refuses_a_schema_as_the_run_does(case: str, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """One schema check (``privmob.stages.scope.check_schema``) for both: same exit code,
+    same message. The dry run's own partial check let a ``group`` column through although
+    ``[scope] assume_group`` was set, which the run refuses (the rows' groups must decide)."""
+    frame = pl.read_parquet(SAMPLES / "beijing_pings.parquet").head(50)
+    if case == "no lat column":
+        job = _schema_job(tmp_path, frame.drop("lat"))
+    elif case == "group column and assume_group":
+        job = _schema_job(tmp_path, frame, assume_group=True)
+    else:
+        job = _schema_job(tmp_path, frame.drop("group"))
+    monkeypatch.chdir(tmp_path)
+    dry = _refusal(["run", str(job), "--dry-run"], capsys)
+    real = _refusal(["run", str(job)], capsys)
+    assert dry == real and real[0] == 2 and len(real[1]) == 1, (dry, real)
+    assert not (tmp_path / "out").exists()

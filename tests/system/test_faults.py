@@ -24,11 +24,11 @@ from typing import Any
 
 import pytest
 
-import privmob.release
+import privmob.release.table
 from privmob import synth
-from privmob.audit import AuditLog
 from privmob.cli import main
-from privmob.ledger import Ledger
+from privmob.governance.audit import AuditLog
+from privmob.governance.ledger import Ledger
 from tests.conftest import TEST_KEY
 
 PERIOD = "2026-11-26"
@@ -132,13 +132,13 @@ def assert_next_run_proceeds(s: Setup, capsys: pytest.CaptureFixture[str], *, be
 KILL_AT = {
     # while OpenDP draws the noise (both the public-key and the threshold path)
     "noise": """
-import privmob.mechanism as m
+import privmob.privacy.mechanism as m
 m.noise_counts = die
 m.threshold_counts = die
 """,
     # the first release file is on disk, the others are not
     "write-first-file": """
-from privmob.release import ReleasedTable
+from privmob.release.table import ReleasedTable
 def first_file_then_die(self, folder, *args, **kwargs):
     self.table.write_parquet(folder / "release.parquet")
     die()
@@ -146,7 +146,7 @@ ReleasedTable._write_files = first_file_then_die
 """,
     # every file written, the signature half written
     "signature": """
-import privmob.signing as sg
+import privmob.governance.signing as sg
 def half_a_signature_then_die(folder, *args, **kwargs):
     (folder / "manifest.sig").write_bytes(b"-----BEGIN")
     die()
@@ -154,7 +154,7 @@ sg.write_signature = half_a_signature_then_die
 """,
     # a complete, signed folder, killed just before it is renamed into place
     "before-rename": """
-import privmob.release as rl
+import privmob.release.table as rl
 rl._fsync_dir = die
 """,
 }
@@ -195,7 +195,7 @@ def _enospc(path: object = None) -> OSError:
 
 
 class _OsWith:
-    """The os module as privmob.release sees it, with one function replaced."""
+    """The os module as privmob.release.table sees it, with one function replaced."""
 
     def __init__(self, **replaced: Any) -> None:
         self._replaced = replaced
@@ -211,7 +211,7 @@ def _full_at(where: str, monkeypatch: pytest.MonkeyPatch) -> str:
             Path(path).write_bytes(b"PAR1 partial")
             raise _enospc(path)
 
-        monkeypatch.setattr(privmob.release, "write_marked_parquet", write_parquet)
+        monkeypatch.setattr(privmob.release.table, "write_marked_parquet", write_parquet)
     elif where == "csv":
         real_write_text = Path.write_text
 
@@ -226,12 +226,12 @@ def _full_at(where: str, monkeypatch: pytest.MonkeyPatch) -> str:
         def fsync(fd: int) -> None:
             raise _enospc()
 
-        monkeypatch.setattr(privmob.release, "os", _OsWith(fsync=fsync))
+        monkeypatch.setattr(privmob.release.table, "os", _OsWith(fsync=fsync))
     elif where == "rename":
         def rename(src: Any, dst: Any) -> None:
             raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(dst))
 
-        monkeypatch.setattr(privmob.release, "os", _OsWith(rename=rename))
+        monkeypatch.setattr(privmob.release.table, "os", _OsWith(rename=rename))
         return os.strerror(errno.EROFS)
     elif where in ("mkdtemp-erofs", "mkdtemp-eacces"):
         real_mkdtemp = tempfile.mkdtemp
@@ -243,7 +243,7 @@ def _full_at(where: str, monkeypatch: pytest.MonkeyPatch) -> str:
                 raise exc_type(code, os.strerror(code), str(kwargs.get("dir")))
             return str(real_mkdtemp(*args, **kwargs))
 
-        monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp)  # the module privmob.release uses
+        monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp)  # the module privmob.release.table uses
         return os.strerror(code)
     return os.strerror(errno.ENOSPC)
 

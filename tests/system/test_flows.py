@@ -12,9 +12,9 @@ import pytest
 import privmob as pm
 from privmob.backends import get_backend
 from privmob.cli import main
-from privmob.flows import exact_flows, load_units
-from privmob.ledger import Ledger
-from privmob.pseudonymise import Pseudonymiser
+from privmob.governance.ledger import Ledger
+from privmob.movement.flows import exact_flows, load_units
+from privmob.stages.pseudonymise import Pseudonymiser
 from tests.conftest import SAMPLES, TEST_KEY, config
 
 DISTRICTS = SAMPLES / "beijing_districts.geojson"
@@ -124,7 +124,7 @@ epsilon_per_day = 2.0
 
 def test_gcj02_inputs_land_in_the_same_cells_as_their_wgs84_originals() -> None:
     """Chinese map data is often GCJ-02; converted before indexing, it gives the same counts."""
-    from privmob.crs import from_wgs84
+    from privmob.stages.crs import from_wgs84
 
     raw = pl.read_parquet(SAMPLES / "beijing_pings.parquet")
     lat, lng = from_wgs84(raw["lat"].to_numpy(), raw["lng"].to_numpy(), "gcj02")
@@ -142,7 +142,7 @@ def test_gcj02_inputs_land_in_the_same_cells_as_their_wgs84_originals() -> None:
 
 
 def test_gcj02_boundary_gives_the_wgs84_key_set() -> None:
-    from privmob.keys import load_boundary
+    from privmob.privacy.keys import load_boundary
     from tests.conftest import shared_data
 
     gcj = load_boundary(shared_data("boundaries", "boundaries_gcj02.geojson"), {"adcode": "110000"},
@@ -166,7 +166,7 @@ def test_real_city_boundaries_give_public_keys_and_units(adcode: str, districts:
     """Beijing, Cangzhou and Bayannur from ../shared/data: outlines and their districts."""
     import geopandas as gpd
 
-    from privmob.keys import load_boundary
+    from privmob.privacy.keys import load_boundary
     from tests.conftest import shared_data
 
     path = shared_data("boundaries", "boundaries_wgs84.geojson")

@@ -7,7 +7,7 @@ import pytest
 
 import privmob as pm
 from privmob.backends import get_backend
-from privmob.pseudonymise import Pseudonymiser
+from privmob.stages.pseudonymise import Pseudonymiser
 from tests.conftest import TEST_KEY, shared_data
 
 GEOLIFE_ROWS = 4_493_359

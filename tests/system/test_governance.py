@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from privmob.audit import AuditLog
 from privmob.cli import main
-from privmob.ledger import Ledger
-from privmob.release import read_operator_record
+from privmob.governance.audit import AuditLog
+from privmob.governance.ledger import Ledger
+from privmob.release.table import read_operator_record
 from tests.conftest import SAMPLES, TEST_KEY
 
 PRIVMOB = str(Path(sys.executable).with_name("privmob"))
@@ -166,7 +166,7 @@ def test_run_killed_after_reserve_leaves_a_consistent_ledger(tmp_path: Path) -> 
 import os, signal
 os.environ["PRIVMOB_PSEUDONYM_KEY"] = "unused"
 import privmob as pm
-from privmob.plan import Plan
+from privmob.pipeline.plan import Plan
 def die(self, *a, **k):
     os.kill(os.getpid(), signal.SIGKILL)
 Plan._compute = die
@@ -420,7 +420,7 @@ def test_a_deleted_ledger_is_refused_not_recreated(
 def test_a_recomputed_audit_chain_is_caught_by_the_signed_release_anchor(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from privmob.audit import _digest
+    from privmob.governance.audit import _digest
 
     job = make_job(tmp_path, epsilon=1.0, per_day=5.0)
     assert main(["run", str(job)]) == 0
@@ -468,7 +468,7 @@ def test_an_unusable_ledger_exits_2_with_one_line(
         ledger.write_bytes(data[:100] + b"\xff" * (len(data) - 100))
     else:  # as root, chmod does not stop writes: open the file the way a read-only mount does
         real = sqlite3.connect
-        monkeypatch.setattr("privmob.ledger.sqlite3.connect",
+        monkeypatch.setattr("privmob.governance.ledger.sqlite3.connect",
                             lambda db, **kw: real(f"file:{db}?mode=ro", uri=True, **kw))
     capsys.readouterr()
     assert main(["run", str(job), "--period", "2026-11-27"]) == 2  # the old code: exit 4

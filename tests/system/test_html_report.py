@@ -25,8 +25,8 @@ import pytest
 
 from privmob.cli import main
 from privmob.errors import InputError
-from privmob.intervals import SELECTION_NOTE
-from privmob.release import ReleasedTable
+from privmob.privacy.intervals import SELECTION_NOTE
+from privmob.release.table import ReleasedTable
 from privmob.report.fonts import EMBEDDED_FAMILY, cjk_characters
 from privmob.report.html import CSP, html_report, write_html_report
 from tests.conftest import REPO, SAMPLES

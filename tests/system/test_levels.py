@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 
 import privmob as pm
-from privmob.tablespec import PublicKeys, TableSpec
+from privmob.privacy.tablespec import PublicKeys, TableSpec
 from tests.conftest import SAMPLES, config, fresh_ledger
 
 
@@ -99,7 +99,7 @@ def _distance(a: pl.DataFrame, b: pl.DataFrame) -> tuple[int, int, float, int]:
 
 def test_engine_levels_count_distinct_persons_per_parent() -> None:
     from privmob.backends import get_backend
-    from privmob.pseudonymise import Pseudonymiser
+    from privmob.stages.pseudonymise import Pseudonymiser
     from tests.conftest import TEST_KEY
 
     d, d_minus = _neighbours()
@@ -126,7 +126,7 @@ def test_a_person_moves_each_level_key_by_at_most_one(
     takes (L0, L1, 1)), L1 and L0 ≤ k·w, L2 ≤ √(k·w) — and so, by OpenDP's own privacy map
     at the observed distance, the level costs no more than it claims. Summing child counts
     moved one parent key by k = 4 here: L∞ 4, L2 4·√2, so 4× the claimed ρ for Gaussian noise."""
-    from privmob import noising
+    from privmob.privacy import noising
 
     seen: dict[str, list[pl.DataFrame]] = {"occupancy_res7": [], "occupancy_res6": []}
     noise_table = noising.noise_table

@@ -15,7 +15,7 @@ import pytest
 
 import privmob as pm
 from privmob.cli import main
-from privmob.ledger import Ledger
+from privmob.governance.ledger import Ledger
 from tests.conftest import PERIOD_START, TEST_KEY, config, pings
 
 SECRET_ID = "13812345678"  # a phone number as person id: must never reach a message
@@ -103,7 +103,7 @@ def test_cli_run_with_epoch_ms_exits_2_spends_nothing_writes_nothing(
 
 def test_epoch_ms_hint_counts_rows_without_values() -> None:
     from privmob.backends import get_backend
-    from privmob.pseudonymise import Pseudonymiser
+    from privmob.stages.pseudonymise import Pseudonymiser
 
     exact = get_backend("polars").exact_cells(
         pings(_rows(ts_scale=1000)[:5] + _rows()[5:]), config(),

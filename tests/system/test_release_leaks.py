@@ -31,8 +31,8 @@ import pyarrow.parquet as pq
 import pytest
 
 import privmob as pm
-from privmob.release import ReleasedTable, read_operator_record, write_operator_record
-from privmob.signing import generate_keypair
+from privmob.governance.signing import generate_keypair
+from privmob.release.table import ReleasedTable, read_operator_record, write_operator_record
 from tests.conftest import PERIOD, PERIOD_START, TEST_KEY
 
 RUNS = 3

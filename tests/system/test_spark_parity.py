@@ -31,19 +31,20 @@ if not (os.environ.get("JAVA_HOME") or shutil.which("java")):
                 allow_module_level=True)
 
 import privmob as pm
-from privmob import pii, scope, synth
-from privmob.aggregate import ExactCounts
+from privmob import synth
 from privmob.backends import _spark
 from privmob.backends._polars import PolarsBackend
 from privmob.backends._spark import SparkBackend, local_session
 from privmob.errors import InputError, SchemaError
-from privmob.flows import Units, load_units
-from privmob.ingest import BAD_REASONS
-from privmob.pseudonymise import Pseudonymiser
-from privmob.stays import TRIP_SCHEMA, StayParams, person_trips
+from privmob.movement.flows import Units, load_units
+from privmob.movement.stays import TRIP_SCHEMA, StayParams, person_trips
+from privmob.stages import pii, scope
+from privmob.stages.aggregate import ExactCounts
+from privmob.stages.ingest import BAD_REASONS
+from privmob.stages.pseudonymise import Pseudonymiser
 from tests.conftest import fresh_ledger
 
-flows = importlib.import_module("privmob.flows")  # the module (`privmob.flows` may be a function)
+flows = importlib.import_module("privmob.movement.flows")
 SAMPLES = Path(__file__).resolve().parents[2] / "data-samples"
 KEY = b"0123456789abcdef0123456789abcdef-spark-parity"
 
@@ -404,10 +405,10 @@ RUN_FIELDS = {"release_id", "created_at", "timings_s", "cells_released", "cells_
 
 def test_release_runs_the_shared_path(engines: tuple[PolarsBackend, SparkBackend], demo: pm.JobConfig,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    # The module whose release path picks the engine (`privmob.plan` is also a function;
-    # issue 13 moves the run out of plan.py into privmob.run).
-    has_run = importlib.util.find_spec("privmob.run") is not None
-    plan_module = importlib.import_module("privmob.run" if has_run else "privmob.plan")
+    # The module whose release path picks the engine (`privmob.pipeline.plan` is also a function;
+    # issue 13 moves the run out of plan.py into privmob.pipeline.run).
+    has_run = importlib.util.find_spec("privmob.pipeline.run") is not None
+    plan_module = importlib.import_module("privmob.pipeline.run" if has_run else "privmob.pipeline.plan")
     _, spark_engine = engines
     real = plan_module.get_backend
     called: list[str] = []

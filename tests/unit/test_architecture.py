@@ -117,3 +117,59 @@ def test_the_graph_reader_sees_lazy_imports_and_skips_type_checking_ones() -> No
 def test_no_import_cycle_among_privmob_modules() -> None:
     found = [c for c in cycles(import_graph()) if frozenset(c) not in KNOWN_CYCLES]
     assert not found, f"import cycles among privmob modules: {found}"
+
+
+#: The data flow, bottom to top (README "Architecture"). A module may import modules of its
+#: own layer or of a layer below, never one above: the privacy layer knows nothing of how
+#: releases are written, the release nothing of the reports drawn from it, and only the
+#: pipeline (and the CLI over it) orchestrates them all.
+LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("foundation", ("privmob._version", "privmob.errors", "privmob.config")),
+    ("stages", ("privmob.stages",)),
+    ("movement", ("privmob.movement",)),
+    ("engines", ("privmob.backends",)),
+    ("privacy", ("privmob.privacy",)),
+    ("governance", ("privmob.governance",)),
+    ("release", ("privmob.release",)),
+    ("report", ("privmob.report",)),
+    ("pipeline", ("privmob.pipeline",)),
+    ("analysis", ("privmob.analysis",)),
+    ("entry points", ("privmob.synth", "privmob.cli")),
+)
+
+
+def layer_of(module: str) -> int:
+    """Index in :data:`LAYERS` of the layer holding ``module`` (-1 when none does)."""
+    for i, (_, prefixes) in enumerate(LAYERS):
+        if any(module == p or module.startswith(p + ".") for p in prefixes):
+            return i
+    return -1
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
+    """(importer, imported) pairs where the imported module sits in a higher layer."""
+    return sorted((m, d) for m, deps in graph.items() for d in deps if layer_of(d) > layer_of(m))
+
+
+def test_the_layer_check_catches_an_upward_import() -> None:
+    graph = {"privmob.privacy.noising": {"privmob.stages.bound", "privmob.release.table"},
+             "privmob.pipeline.run": {"privmob.report.html"}}
+    assert upward_imports(graph) == [("privmob.privacy.noising", "privmob.release.table")]
+
+
+def test_every_module_sits_in_one_layer_of_the_data_flow() -> None:
+    graph = import_graph()
+    assert [m for m in graph if layer_of(m) < 0] == []
+    subpackages = {p.name for p in (SRC / PACKAGE).iterdir() if (p / "__init__.py").exists()}
+    declared = {p.split(".")[1] for _, prefixes in LAYERS for p in prefixes}
+    assert subpackages <= declared
+
+
+def test_no_module_imports_one_above_it_in_the_data_flow() -> None:
+    assert upward_imports(import_graph()) == []
+
+
+def test_each_subpackage_says_what_it_holds() -> None:
+    for init in (SRC / PACKAGE).glob("*/__init__.py"):
+        doc = ast.get_docstring(ast.parse(init.read_text(encoding="utf-8")))
+        assert doc and len(doc.split()) >= 12, f"{init.parent.name}/__init__.py needs a docstring"

@@ -6,8 +6,8 @@ import itertools
 import json
 from pathlib import Path
 
-from privmob.audit import AuditLog
-from privmob.ledger import Ledger
+from privmob.governance.audit import AuditLog
+from privmob.governance.ledger import Ledger
 
 
 def filled(tmp_path: Path, n: int = 5) -> tuple[AuditLog, Path]:
@@ -45,7 +45,7 @@ def test_edited_entry_is_detected(tmp_path: Path) -> None:
 
 
 def test_edited_and_rehashed_entry_breaks_the_next_link(tmp_path: Path) -> None:
-    from privmob.audit import _digest
+    from privmob.governance.audit import _digest
 
     log, path = filled(tmp_path)
     lines = path.read_text().splitlines()
@@ -90,7 +90,7 @@ def test_garbage_line_is_reported_and_appends_continue(tmp_path: Path) -> None:
 def test_a_log_one_entry_past_its_anchor_is_intact_but_a_rewritten_one_is_not(tmp_path: Path) -> None:
     """A run that died between writing its entry and moving the anchor leaves the log one
     entry ahead: that is not tampering. A recomputed chain is, even when it is longer."""
-    from privmob.audit import _digest
+    from privmob.governance.audit import _digest
 
     log, path = filled(tmp_path)
     ledger = Ledger(tmp_path / "l.sqlite")

@@ -1,4 +1,4 @@
-"""privmob.crs: WGS-84 / GCJ-02 / BD-09 conversion (NumPy, Polars and shapely paths)."""
+"""privmob.stages.crs: WGS-84 / GCJ-02 / BD-09 conversion (NumPy, Polars and shapely paths)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import pytest
 import shapely
 from shapely.geometry import shape
 
-from privmob import crs
 from privmob.errors import ConfigError
+from privmob.stages import crs
 
 FloatArray = npt.NDArray[np.float64]
 

@@ -69,3 +69,38 @@ def test_the_check_catches_renamed_tests_and_modules() -> None:
             "| b | `tests/unit/test_gone.py` |\n")
     assert _missing(_references(page)) == ["tests/unit/test_docs.py::test_renamed_long_ago",
                                            "tests/unit/test_gone.py"]
+
+
+DOC_PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md")),
+             *sorted((ROOT / "notebooks").glob("*.ipynb")), ROOT / "benchmarks" / "README.md"]
+
+
+def _resolve(dotted: str) -> bool:
+    """Whether ``privmob.a.b.c`` names something: the longest importable module prefix,
+    then attributes. A function bound over a submodule of the same name fails here."""
+    import importlib
+
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            obj: object = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for name in parts[cut:]:
+            if not hasattr(obj, name):
+                return False
+            obj = getattr(obj, name)
+        return True
+    return False
+
+
+def test_module_paths_named_in_the_docs_resolve() -> None:
+    """Every ``privmob.x.y`` path a page names exists as written (a renamed module or a
+    function shadowing its module would send a reader to nothing)."""
+    found = {m for page in DOC_PAGES
+             for m in re.findall(r"\bprivmob(?:\.[A-Za-z_][A-Za-z0-9_]*)+", page.read_text(encoding="utf-8"))}
+    # file names (privmob.toml, privmob.jsonl) and globs (privmob.backends._*) are not paths
+    found = {m for m in found if not m.endswith((".toml", ".key", ".py", ".md", ".jsonl", "_"))}
+    assert found, "the pages name no privmob paths: the scan is broken"
+    assert sorted(m for m in found if not _resolve(m)) == []
+    assert not _resolve("privmob.flows.exact_flows")  # the function is not the module

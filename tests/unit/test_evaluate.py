@@ -1,4 +1,4 @@
-"""Utility metrics on hand-made cases with known answers (privmob.evaluate)."""
+"""Utility metrics on hand-made cases with known answers (privmob.analysis.evaluate)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import h3
 import polars as pl
 import pytest
 
+from privmob.analysis.evaluate import evaluate, haversine_km, jensen_shannon, truth_counts
 from privmob.errors import InputError
-from privmob.evaluate import evaluate, haversine_km, jensen_shannon, truth_counts
-from privmob.release import ReleasedTable
+from privmob.release.table import ReleasedTable
 from tests.conftest import PERIOD_START, config, pings
 
 T0 = dt.datetime(2026, 11, 26, tzinfo=dt.UTC)

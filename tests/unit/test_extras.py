@@ -75,7 +75,7 @@ _CHILD = textwrap.dedent(
                          "count": [100 + 50 * (h % 24 >= 8) for h in range(48)]})
 
     def fc(method):
-        from privmob.forecast import forecast
+        from privmob.analysis.forecast import forecast
         f = forecast(rows, horizon=24, noise_std=10.0, threshold=40, window="1h", method=method)
         return f.table["method"][0]
 
@@ -83,7 +83,7 @@ _CHILD = textwrap.dedent(
     attempt("forecast_naive", lambda: fc("seasonal_naive"))
 
     def ev():
-        from privmob.evaluate import evaluate
+        from privmob.analysis.evaluate import evaluate
         return evaluate(rows, rows, min_count=10)["jsd"]
 
     attempt("evaluate_cells", ev)
@@ -101,13 +101,13 @@ _CHILD = textwrap.dedent(
     attempt("synth_parquet", synth_big)
 
     def boundary_where():
-        from privmob.keys import load_boundary
+        from privmob.privacy.keys import load_boundary
         return str(load_boundary(samples_dir() / "beijing_districts.geojson", {"name": "x"}))
 
     attempt("boundary_where", boundary_where)
 
     def flow_units():
-        from privmob.flows import load_units
+        from privmob.movement.flows import load_units
         return str(load_units(samples_dir() / "beijing_districts.geojson", "name"))
 
     attempt("flow_units", flow_units)

@@ -20,7 +20,7 @@ import pytest
 from fontTools.ttLib import TTFont  # type: ignore[import-untyped]
 
 from privmob.config import DEFAULT_MARKING
-from privmob.release import ReleasedTable
+from privmob.release.table import ReleasedTable
 from privmob.report import fonts
 from privmob.report.html import html_report
 

@@ -1,4 +1,4 @@
-"""Forecasts from released series (privmob.forecast): post-processing only."""
+"""Forecasts from released series (privmob.analysis.forecast): post-processing only."""
 
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ import numpy as np
 import polars as pl
 import pytest
 
-from privmob.accountant import PrivacyCost
+from privmob.analysis.forecast import Forecast, forecast
 from privmob.errors import ConfigError, InputError
-from privmob.forecast import Forecast, forecast
-from privmob.mechanism import NoiseModel, Sensitivity
-from privmob.release import ReleasedTable, build_table
+from privmob.privacy.accountant import PrivacyCost
+from privmob.privacy.mechanism import NoiseModel, Sensitivity
+from privmob.release.table import ReleasedTable, build_table
 
 SHANGHAI = dt.timezone(dt.timedelta(hours=8))
 DAY0 = dt.datetime(2026, 11, 26, tzinfo=SHANGHAI)
@@ -213,8 +213,8 @@ def test_bad_arguments_are_refused() -> None:
 
 def test_forecast_reads_released_tables_only() -> None:
     # Anything but a ReleasedTable (e.g. the private exact aggregate) is refused ...
-    from privmob.aggregate import ExactCounts
-    from privmob.bound import BoundingStats
+    from privmob.stages.aggregate import ExactCounts
+    from privmob.stages.bound import BoundingStats
 
     exact = ExactCounts(counts=pl.DataFrame({"cell": [1], "window": [0], "count": [3]}),
                         rows_in=1, rows_by_status={}, persons=1,
@@ -226,8 +226,8 @@ def test_forecast_reads_released_tables_only() -> None:
     tree = ast.parse(inspect.getsource(sys.modules[forecast.__module__]))
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     imported |= {a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names}
-    private = {"privmob.backends", "privmob.aggregate", "privmob.ingest", "privmob.plan",
-               "privmob.pseudonymise", "privmob.bound", "privmob.store", "privmob.evaluate"}
+    private = {"privmob.backends", "privmob.stages", "privmob.movement", "privmob.pipeline",
+               "privmob.governance.store", "privmob.analysis.evaluate"}
     assert not any(m and m.startswith(tuple(private)) for m in imported), imported
 
 

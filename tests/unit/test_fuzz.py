@@ -30,8 +30,8 @@ from hypothesis import strategies as st
 
 import privmob as pm
 from privmob import config as config_module
-from privmob.ingest import REQUIRED_COLUMNS
-from privmob.mechanism import rho_to_epsilon
+from privmob.privacy.mechanism import rho_to_epsilon
+from privmob.stages.ingest import REQUIRED_COLUMNS
 from tests.conftest import PERIOD, PERIOD_START, TEST_KEY, fresh_ledger
 
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True,

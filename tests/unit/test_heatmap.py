@@ -23,8 +23,8 @@ import privmob.report as report
 from privmob.cli import main
 from privmob.config import DEFAULT_MARKING
 from privmob.errors import InputError
-from privmob.intervals import SELECTION_NOTE
-from privmob.release import ReleasedTable
+from privmob.privacy.intervals import SELECTION_NOTE
+from privmob.release.table import ReleasedTable
 from privmob.report import fonts
 from tests.conftest import SAMPLES
 

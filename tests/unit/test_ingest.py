@@ -1,4 +1,4 @@
-"""Behaviour of reading and validating raw pings (privmob.ingest)."""
+"""Behaviour of reading and validating raw pings (privmob.stages.ingest)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 
 from privmob.errors import InputError, SchemaError
-from privmob.ingest import BAD_REASONS, REQUIRED_COLUMNS, Pings, read_pings, require_columns, validate
+from privmob.stages.ingest import BAD_REASONS, REQUIRED_COLUMNS, Pings, read_pings, require_columns, validate
 from tests.conftest import PERIOD_START, SAMPLES, pings
 
 TZ = "Asia/Shanghai"

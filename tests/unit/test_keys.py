@@ -1,4 +1,4 @@
-"""Behaviour of public key sets derived from a boundary (privmob.keys)."""
+"""Behaviour of public key sets derived from a boundary (privmob.privacy.keys)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from shapely.geometry import Point
 
-from privmob import keys
 from privmob.errors import BoundaryError
-from privmob.keys import Boundary, load_boundary
+from privmob.privacy import keys
+from privmob.privacy.keys import Boundary, load_boundary
 from tests.conftest import SAMPLES
 
 DISTRICTS = SAMPLES / "beijing_districts.geojson"
@@ -289,7 +289,7 @@ def test_plain_geojson_reads_as_gdal_does(tmp_path: Path, name: str,
     the very geometry (same WKB) and cells that reading it with GDAL gives."""
     import shapely
 
-    from privmob import keys
+    from privmob.privacy import keys
 
     path = _geojson(tmp_path, [{"type": "Feature", "properties": {"n": i}, "geometry": g}
                                for i, g in enumerate(_PLAIN[name])])
@@ -304,7 +304,7 @@ def test_plain_geojson_reads_as_gdal_does(tmp_path: Path, name: str,
 def test_sample_boundaries_read_as_gdal_does(monkeypatch: pytest.MonkeyPatch) -> None:
     import shapely
 
-    from privmob import keys
+    from privmob.privacy import keys
 
     paths = (SAMPLES / "beijing_boundary.geojson", DISTRICTS)
     fast = [load_boundary(p) for p in paths]
@@ -334,13 +334,13 @@ def test_sample_boundaries_read_as_gdal_does(monkeypatch: pytest.MonkeyPatch) ->
 def test_anything_but_plain_polygons_is_left_to_gdal(doc: Any) -> None:
     """CRS members, other types, null, unclosed or 3-D rings, bare features or geometries:
     GDAL reads (or refuses) them, with its conversions and our usual messages."""
-    from privmob import keys
+    from privmob.privacy import keys
 
     assert keys._plain_geojson_polygons(json.dumps(doc).encode()) is None
 
 
 def test_non_json_bytes_are_left_to_gdal() -> None:
-    from privmob import keys
+    from privmob.privacy import keys
 
     assert keys._plain_geojson_polygons(b"PK\x03\x04 not json \xff") is None
     assert keys._plain_geojson_polygons(b"lat,lng\n1,2\n") is None
@@ -447,7 +447,7 @@ def test_a_cover_over_the_cap_is_refused_before_it_is_computed(beijing: Boundary
     def never(*_args: object, **_kwargs: object) -> None:
         raise AssertionError("the cover was computed")
 
-    monkeypatch.setattr("privmob.keys.h3_int.h3shape_to_cells_experimental", never)
+    monkeypatch.setattr("privmob.privacy.keys.h3_int.h3shape_to_cells_experimental", never)
     with pytest.raises(BoundaryError, match=r"resolution 12 .* resolution = 10 or coarser"):
         beijing.cells(12)
     assert keys.estimated_cells(beijing, 10) <= keys.MAX_KEY_CELLS < keys.estimated_cells(beijing, 11)

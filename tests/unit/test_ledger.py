@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from privmob.accountant import PrivacyCost, exact
 from privmob.errors import BudgetExceededError, ConfigError, LedgerIntegrityError
-from privmob.ledger import Budget, Ledger, budget_from
+from privmob.governance.ledger import Budget, Ledger, budget_from
+from privmob.privacy.accountant import PrivacyCost, exact
 
 EPS2 = budget_from(2.0, 1e-6, None)
 
@@ -114,7 +114,7 @@ def test_a_killed_process_reservation_is_recovered_as_spent_never_refunded(tmp_p
 import os, signal, sys
 sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
 from tests.unit.test_ledger import reserve, cost
-from privmob.ledger import Ledger
+from privmob.governance.ledger import Ledger
 reserve(Ledger({str(path)!r}), "crashed", cost(1.5))
 os.kill(os.getpid(), signal.SIGKILL)
 """
@@ -251,7 +251,7 @@ def test_a_read_only_ledger_is_a_clear_config_error(tmp_path: Path, monkeypatch:
     def read_only(database: object, **kw: object) -> sqlite3.Connection:
         return real(f"file:{database}?mode=ro", uri=True, **kw)  # type: ignore[arg-type]
 
-    monkeypatch.setattr("privmob.ledger.sqlite3.connect", read_only)
+    monkeypatch.setattr("privmob.governance.ledger.sqlite3.connect", read_only)
     with pytest.raises(ConfigError, match=r"readonly.*writable by this user"):
         ledger.reserve(release_id="x", dataset="d", days=("2026-11-26",), cost=cost(1.0),
                        purpose="p", operator="op", mechanism="gaussian")

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 import privmob as pm
-from privmob.manifest import ManifestView
-from privmob.publish import publish
-from privmob.release import ReleasedTable
+from privmob.pipeline.publish import publish
+from privmob.release.manifest import ManifestView
+from privmob.release.table import ReleasedTable
 from tests.conftest import SAMPLES, config
 
 

@@ -1,4 +1,4 @@
-"""Behaviour of noise calibration and the OpenDP mechanisms (privmob.mechanism)."""
+"""Behaviour of noise calibration and the OpenDP mechanisms (privmob.privacy.mechanism)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from privmob import mechanism
-from privmob.accountant import PrivacyCost
 from privmob.config import PrivacyConfig
-from privmob.mechanism import NoiseModel, Sensitivity, calibrate, noise_counts, threshold_counts
+from privmob.privacy import mechanism
+from privmob.privacy.accountant import PrivacyCost
+from privmob.privacy.mechanism import NoiseModel, Sensitivity, calibrate, noise_counts, threshold_counts
 
 
 def _dp() -> Any:

@@ -11,16 +11,16 @@ import polars as pl
 import pytest
 
 import privmob as pm
-from privmob import mechanism, noising, sparse
-from privmob.mechanism import Sensitivity
-from privmob.tablespec import PublicKeys, TableSpec, ThresholdKeys, spec
+from privmob.privacy import mechanism, noising, sparse
+from privmob.privacy.mechanism import Sensitivity
+from privmob.privacy.tablespec import PublicKeys, TableSpec, ThresholdKeys, spec
 from tests.conftest import SAMPLES, config
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "privmob"
 #: The samplers of privacy noise, and the one function allowed to call each of them.
-SAMPLERS = {"noise_and_suppress": {("noising", "sample")},
-            "threshold_counts": {("noising", "sample")},
-            "noise_counts": {("sparse", "noise_and_suppress")}}
+SAMPLERS = {"noise_and_suppress": {("privacy.noising", "sample")},
+            "threshold_counts": {("privacy.noising", "sample")},
+            "noise_counts": {("privacy.sparse", "noise_and_suppress")}}
 
 
 def _calls() -> dict[str, set[tuple[str, str]]]:
@@ -125,7 +125,7 @@ def test_public_keys_are_the_product_of_their_axes(monkeypatch: pytest.MonkeyPat
 
 def test_suppression_has_a_public_home() -> None:
     """Suppression is mechanism.suppress (release.suppress is the same function)."""
-    from privmob import release
+    from privmob.release import table as release
 
     assert release.suppress is mechanism.suppress
     assert mechanism.suppress(np.array([3, 10, 11]), 10).tolist() == [False, True, True]

@@ -1,4 +1,4 @@
-"""The PII scan at ingest (privmob.pii): what it finds, what it lets pass, what it says.
+"""The PII scan at ingest (privmob.stages.pii): what it finds, what it lets pass, what it says.
 
 Every resident ID number here is made up in the test (area 110105, invented birth dates
 and sequences) with its check character computed by :func:`_with_check`; none is a
@@ -17,9 +17,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from privmob import pii
-from privmob.ingest import REQUIRED_COLUMNS
-from privmob.pii import (
+from privmob.stages import pii
+from privmob.stages.ingest import REQUIRED_COLUMNS
+from privmob.stages.pii import (
     IDENTIFIER_NAMES,
     KINDS,
     any_pii,

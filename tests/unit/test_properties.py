@@ -8,9 +8,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import privmob as pm
-from privmob import bound
 from privmob.backends import get_backend
-from privmob.pseudonymise import Pseudonymiser
+from privmob.stages import bound
+from privmob.stages.pseudonymise import Pseudonymiser
 from tests.conftest import PERIOD_START, TEST_KEY, config, fresh_ledger
 
 # A small area (central Beijing) so that persons share cells at resolution 7.

@@ -1,4 +1,4 @@
-"""Behaviour of the public table and of writing a release (privmob.release)."""
+"""Behaviour of the public table and of writing a release (privmob.release.table)."""
 
 from __future__ import annotations
 
@@ -18,13 +18,13 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from privmob import release
-from privmob.accountant import PrivacyCost
 from privmob.config import DEFAULT_MARKING
 from privmob.errors import InputError, ReleaseExistsError, ReleaseWriteError
-from privmob.intervals import selection_interval
-from privmob.mechanism import NoiseModel, Sensitivity
-from privmob.release import RELEASE_FILES, ReleasedTable, build_table, suppress
+from privmob.privacy.accountant import PrivacyCost
+from privmob.privacy.intervals import selection_interval
+from privmob.privacy.mechanism import NoiseModel, Sensitivity
+from privmob.release import table as release
+from privmob.release.table import RELEASE_FILES, ReleasedTable, build_table, suppress
 from tests.conftest import PERIOD_START
 
 SHANGHAI = dt.timezone(dt.timedelta(hours=8))

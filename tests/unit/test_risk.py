@@ -1,4 +1,4 @@
-"""Unicity (privmob.risk): how few (cell, hour) points single a person out."""
+"""Unicity (privmob.analysis.risk): how few (cell, hour) points single a person out."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import h3
 import polars as pl
 import pytest
 
+from privmob.analysis.risk import unicity
 from privmob.errors import ConfigError, InputError, SchemaError
-from privmob.risk import unicity
 from tests.conftest import PERIOD_START, SAMPLES, shared_data
 
 CELLS = [h3.cell_to_latlng(h3.latlng_to_cell(39.90 + 0.02 * i, 116.40, 8)) for i in range(8)]

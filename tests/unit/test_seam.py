@@ -18,10 +18,10 @@ import polars as pl
 import pytest
 
 import privmob as pm
-from privmob import pii, scope
 from privmob.backends import PolarsBackend, get_backend
 from privmob.errors import SchemaError
-from privmob.pseudonymise import Pseudonymiser
+from privmob.stages import pii, scope
+from privmob.stages.pseudonymise import Pseudonymiser
 from tests.conftest import PERIOD_START, TEST_KEY, config, pings
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "privmob"
@@ -149,7 +149,7 @@ def test_no_module_outside_the_engines_imports_an_engine_module() -> None:
 
 def test_polars_trips_are_the_stays_definition_of_its_fixes() -> None:
     """The engine's trips are person_trips of its fixes (the path flows used to take)."""
-    from privmob.stays import StayParams, person_trips
+    from privmob.movement.stays import StayParams, person_trips
 
     rng = np.random.default_rng(3)
     rows = []

@@ -1,4 +1,4 @@
-"""Signing and verifying release folders (privmob.signing).
+"""Signing and verifying release folders (privmob.governance.signing).
 
 Every test that tampers with a release makes exactly one change and checks that
 verification fails with the right kind of problem naming the right file — the question a
@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from privmob.errors import KeyFileError, PrivmobError
-from privmob.signing import (
+from privmob.governance.signing import (
     PROBLEM_KINDS,
     PUBLIC_KEY_FILE,
     SIGNATURE_FILE,
@@ -672,7 +672,7 @@ def test_trusted_fingerprints_make_a_release_trusted_only_if_its_key_is_listed(
 
 def test_load_trusted_fingerprints_reads_one_per_line_with_comments(tmp_path: Path, keys: Keys,
                                                                    attacker: Keys) -> None:
-    from privmob.signing import load_trusted_fingerprints
+    from privmob.governance.signing import load_trusted_fingerprints
 
     path = tmp_path / "trusted"
     path.write_text(f"# publisher keys\n\n{keys.fp}  cdc 2026\n  {attacker.fp[7:]}=\n", encoding="utf-8")

@@ -1,4 +1,4 @@
-"""privmob.sparse: exact enclosures, the routing between sparse and per-key noise, edge cases.
+"""privmob.privacy.sparse: exact enclosures, the routing between sparse and per-key noise, edge cases.
 
 The distributional claim itself is tested in tests/statistical/test_sparse.py.
 """
@@ -14,9 +14,9 @@ import pytest
 from flint import arb
 from scipy import stats
 
-from privmob import mechanism, sparse
-from privmob.accountant import PrivacyCost
-from privmob.mechanism import NoiseModel, Sensitivity
+from privmob.privacy import mechanism, sparse
+from privmob.privacy.accountant import PrivacyCost
+from privmob.privacy.mechanism import NoiseModel, Sensitivity
 
 
 def model(kind: str, scale: float) -> NoiseModel:

@@ -13,9 +13,9 @@ import h3
 import polars as pl
 import pytest
 
-from privmob import aggregate, bound, index, scope
 from privmob.errors import KeyFileError
-from privmob.pseudonymise import MIN_KEY_BYTES, Pseudonymiser, load_key, new_key
+from privmob.stages import aggregate, bound, index, scope
+from privmob.stages.pseudonymise import MIN_KEY_BYTES, Pseudonymiser, load_key, new_key
 from tests.conftest import PERIOD_START, TEST_KEY
 
 DAY = 86400
@@ -228,7 +228,7 @@ def test_load_key_refuses_a_guessable_key(tmp_path: Path, monkeypatch: pytest.Mo
 
 
 def test_new_key_is_never_refused_and_the_floor_is_far_below_random_keys() -> None:
-    from privmob.pseudonymise import MIN_DISTINCT_BYTES, key_weakness
+    from privmob.stages.pseudonymise import MIN_DISTINCT_BYTES, key_weakness
 
     keys = [new_key() for _ in range(2000)]
     assert all(key_weakness(k) is None for k in keys)
@@ -239,7 +239,7 @@ def test_new_key_is_never_refused_and_the_floor_is_far_below_random_keys() -> No
 
 
 def _signing_key(tmp_path: Path) -> Path:
-    from privmob.signing import generate_keypair
+    from privmob.governance.signing import generate_keypair
 
     path = tmp_path / "signing.pem"
     generate_keypair(path)
@@ -249,8 +249,8 @@ def _signing_key(tmp_path: Path) -> Path:
 def test_keys_apart_refuses_the_signing_key_in_any_form(tmp_path: Path) -> None:
     from cryptography.hazmat.primitives import serialization
 
-    from privmob.pseudonymise import check_keys_apart
-    from privmob.signing import load_private_key
+    from privmob.governance.signing import load_private_key
+    from privmob.stages.pseudonymise import check_keys_apart
 
     signing = _signing_key(tmp_path)
     raw = load_private_key(signing).private_bytes(
@@ -267,7 +267,7 @@ def test_keys_apart_refuses_the_signing_key_in_any_form(tmp_path: Path) -> None:
 
 
 def test_keys_apart_refuses_the_store_key(tmp_path: Path) -> None:
-    from privmob.pseudonymise import check_keys_apart
+    from privmob.stages.pseudonymise import check_keys_apart
 
     key = new_key()
     store = _key_file(tmp_path, key + b"\n")
@@ -288,9 +288,9 @@ def test_a_release_with_the_signing_key_as_pseudonym_key_is_refused_before_any_r
     signing = _signing_key(tmp_path)
     cfg = config(job={"key_file": str(signing), "signing_key": str(signing)})
     read: list[object] = []
-    import privmob.run
+    import privmob.pipeline.run
 
-    monkeypatch.setattr(privmob.run, "get_backend", lambda *a: read.append(a))
+    monkeypatch.setattr(privmob.pipeline.run, "get_backend", lambda *a: read.append(a))
     with pytest.raises(KeyFileError, match="same secret as the signing key"):
         pm.plan(cfg).release(tmp_path / "never-read.parquet")
     assert read == []
@@ -579,7 +579,7 @@ def test_bound_of_empty_frame() -> None:
 def test_dwell_counts_distinct_minutes_not_pings() -> None:
     """A 1 Hz logger's 60 fixes in one minute weigh less than 3 fixes in 3 minutes."""
     from privmob.backends import get_backend
-    from privmob.pseudonymise import Pseudonymiser
+    from privmob.stages.pseudonymise import Pseudonymiser
     from tests.conftest import PERIOD_START, TEST_KEY, config, pings
 
     base = PERIOD_START + 3600

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from privmob import synth
 from privmob.errors import ConfigError, SchemaError
-from privmob.stays import (
+from privmob.movement.stays import (
     EARTH_RADIUS_M,
     STAY_SCHEMA,
     TRIP_SCHEMA,
@@ -238,7 +238,7 @@ def _centroid(points: list[Fix]) -> tuple[float, float]:
 
 
 def reference_stays(fixes: pl.DataFrame, p: StayParams, *, merge: bool = True) -> list[tuple[object, ...]]:
-    """The definition in privmob.stays' docstring, as a plain loop per person and fix."""
+    """The definition in privmob.movement.stays' docstring, as a plain loop per person and fix."""
     thr = math.sin(p.radius_m / EARTH_RADIUS_M / 2) ** 2
     by_person: dict[int, list[Fix]] = {}
     for row in sorted(set(fixes.select("pid", "t", "lat", "lng").iter_rows())):

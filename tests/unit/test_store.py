@@ -11,8 +11,8 @@ import pytest
 
 from privmob.backends import get_backend
 from privmob.errors import ConfigError, InputError
-from privmob.pseudonymise import Pseudonymiser
-from privmob.store import WorkingStore
+from privmob.governance.store import WorkingStore
+from privmob.stages.pseudonymise import Pseudonymiser
 from tests.conftest import PERIOD_START, SAMPLES, TEST_KEY, config
 
 KEY = b"s" * 32

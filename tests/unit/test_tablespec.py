@@ -8,9 +8,9 @@ from fractions import Fraction
 import pytest
 
 import privmob as pm
-from privmob.accountant import PrivacyCost
-from privmob.mechanism import calibrate
-from privmob.tablespec import PublicKeys, ThresholdKeys, table_specs
+from privmob.privacy.accountant import PrivacyCost
+from privmob.privacy.mechanism import calibrate
+from privmob.privacy.tablespec import PublicKeys, ThresholdKeys, table_specs
 from tests.conftest import SAMPLES, config
 
 DISTRICTS = SAMPLES / "beijing_districts.geojson"

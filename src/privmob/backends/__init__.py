@@ -4,9 +4,9 @@ Everything up to the exact aggregate runs on a backend (Polars by default, Spark
 that outgrows one machine); everything after it — noise, suppression, release — runs
 once, backend-neutral, on the small aggregated table. The seam is deliberately narrow:
 an engine reads, validates, reduces and bounds; the steps around it that need no engine
-are written once, in their stage's module (:func:`privmob.scope.check_schema`,
-:func:`privmob.scope.rows_by_status`, :func:`privmob.pii.findings`,
-:func:`privmob.stays.person_trips`), and both engines call them.
+are written once, in their stage's module (:func:`privmob.stages.scope.check_schema`,
+:func:`privmob.stages.scope.rows_by_status`, :func:`privmob.stages.pii.findings`,
+:func:`privmob.movement.stays.person_trips`), and both engines call them.
 
 The engines themselves are imported only when asked for (``get_backend``, or the names
 ``PolarsBackend``, ``SparkBackend`` and ``local_session`` from this package), so Spark
@@ -24,12 +24,12 @@ if TYPE_CHECKING:
     import numpy.typing as npt
     import polars as pl
 
-    from privmob.aggregate import ExactCounts
     from privmob.backends._polars import PolarsBackend
     from privmob.backends._spark import SparkBackend, local_session
     from privmob.config import JobConfig
-    from privmob.pseudonymise import Pseudonymiser
-    from privmob.stays import StayParams
+    from privmob.movement.stays import StayParams
+    from privmob.stages.aggregate import ExactCounts
+    from privmob.stages.pseudonymise import Pseudonymiser
 
 __all__ = ["Backend", "PolarsBackend", "SparkBackend", "get_backend", "local_session"]
 
@@ -70,9 +70,9 @@ class Backend(Protocol):
         """Trips between the stays of each person, found where the fixes are.
 
         The fixes are those of :meth:`fixes`; stays and trips are
-        :func:`privmob.stays.person_trips` per person (``params``, default the job's
+        :func:`privmob.movement.stays.person_trips` per person (``params``, default the job's
         ``[flows]`` stay settings), run on the engine, so only the trips reach the driver:
-        :data:`~privmob.stays.TRIP_SCHEMA`, sorted by ``pid``, ``trip_id``.
+        :data:`~privmob.movement.stays.TRIP_SCHEMA`, sorted by ``pid``, ``trip_id``.
         """
         ...
 

@@ -2,8 +2,8 @@
 
 The engines differ in where rows are read and reduced; once a (small) result is on the
 driver, what is done with it is defined here, once. Scope's row accounting and the PII
-findings live with their stages (:func:`privmob.scope.rows_by_status`,
-:func:`privmob.pii.findings`); the steps here are the ones that touch the pseudonymiser.
+findings live with their stages (:func:`privmob.stages.scope.rows_by_status`,
+:func:`privmob.stages.pii.findings`); the steps here are the ones that touch the pseudonymiser.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
-from privmob.stays import TRIP_SCHEMA
+from privmob.movement.stays import TRIP_SCHEMA
 
 if TYPE_CHECKING:
-    from privmob.pseudonymise import Pseudonymiser
+    from privmob.stages.pseudonymise import Pseudonymiser
 
 __all__ = ["keyed_fixes", "keyed_trips", "stored_positions"]
 
@@ -30,8 +30,8 @@ def keyed_fixes(frame: pl.DataFrame, pseudonymiser: Pseudonymiser) -> pl.DataFra
 
 def keyed_trips(trip_frame: pl.DataFrame, mapping: pl.DataFrame) -> pl.DataFrame:
     """Trips found per raw ``person_id`` (on an engine), keyed by pseudonym instead:
-    :data:`~privmob.stays.TRIP_SCHEMA`, sorted by ``pid``, ``trip_id``, as
-    :func:`privmob.stays.person_trips` returns them.
+    :data:`~privmob.movement.stays.TRIP_SCHEMA`, sorted by ``pid``, ``trip_id``, as
+    :func:`privmob.movement.stays.person_trips` returns them.
 
     ``mapping`` holds (``person_id``, ``pid``) for every person, one pseudonym each and
     no two alike (else the persons must be merged before their stays are found).

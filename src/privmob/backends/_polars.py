@@ -14,13 +14,13 @@ import numpy as np
 import numpy.typing as npt
 import polars as pl
 
-from privmob import aggregate, bound, crs, index, ingest, pii, scope
-from privmob.aggregate import ExactCounts
 from privmob.backends._driver import keyed_fixes, stored_positions
 from privmob.config import JobConfig
 from privmob.errors import InputError
-from privmob.pseudonymise import Pseudonymiser
-from privmob.stays import StayParams, person_trips
+from privmob.movement.stays import StayParams, person_trips
+from privmob.stages import aggregate, bound, crs, index, ingest, pii, scope
+from privmob.stages.aggregate import ExactCounts
+from privmob.stages.pseudonymise import Pseudonymiser
 
 __all__ = ["PolarsBackend"]
 
@@ -155,7 +155,7 @@ class PolarsBackend:
 
     def trips(self, source: Any, config: JobConfig, pseudonymiser: Pseudonymiser,
               params: StayParams | None = None) -> pl.DataFrame:
-        """:func:`privmob.stays.person_trips` of :meth:`fixes`, in this process."""
+        """:func:`privmob.movement.stays.person_trips` of :meth:`fixes`, in this process."""
         return person_trips(self.fixes(source, config, pseudonymiser),
                             params if params is not None else StayParams.of(config.flows))
 

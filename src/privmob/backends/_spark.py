@@ -5,23 +5,23 @@ What runs where
 * **Per-row work** — validation, the first failing check, GCJ-02/BD-09 to WGS-84, scope
   and period status, the window, the dwell minute and the H3 cell — runs on the executors inside
   ``DataFrame.mapInArrow``: each Arrow batch is wrapped as a Polars frame (no copy) and
-  the *same* expressions the Polars backend uses (:func:`privmob.ingest.validate`,
-  :func:`privmob.scope.status`, :mod:`privmob.index`, :mod:`privmob.pii`) are applied to
+  the *same* expressions the Polars backend uses (:func:`privmob.stages.ingest.validate`,
+  :func:`privmob.stages.scope.status`, :mod:`privmob.stages.index`, :mod:`privmob.stages.pii`) are applied to
   it. There is one definition of what a valid row is, what a timestamp means and which
   cell a fix is in, so the two engines cannot drift apart. Each batch is reduced at once
   to distinct (person, window, cell, minute) rows plus per-(status, group) row counts.
 * **Cross-row work** — distinct minutes per (person, window, cell), the pseudonym join,
   both bounding rankings (Spark window functions with the same keys and tie-breaks as
-  :func:`privmob.bound.bound`) and the per-(cell, window) count — runs as Spark shuffles.
+  :func:`privmob.stages.bound.bound`) and the per-(cell, window) count — runs as Spark shuffles.
 * **The driver** receives only: the per-(status, group) counts (a few dozen rows; the
   PII scan of ``group`` runs on them, as in the Polars backend), the distinct person ids
   (hashed there with :meth:`Pseudonymiser.pseudonyms`, so the key never leaves the
   driver, then broadcast back as (id, pseudonym) pairs), and the exact aggregate. What
   it does with them — the schema check, the row accounting, the PII findings — is the
-  shared code of :mod:`privmob.scope` and :mod:`privmob.pii`, as for Polars.
+  shared code of :mod:`privmob.stages.scope` and :mod:`privmob.stages.pii`, as for Polars.
 * **Stays and trips** (flows, :meth:`SparkBackend.trips`) run on the executors too: the
   usable fixes are shuffled by person and sorted within each partition, and
-  :func:`privmob.stays.person_trips` runs on chunks of whole persons; the driver
+  :func:`privmob.movement.stays.person_trips` runs on chunks of whole persons; the driver
   receives the trips and one row per person, never the fixes.
 
 H3 runs as polars-h3 on each Arrow batch (measured against h3-py in a pandas UDF in
@@ -51,12 +51,12 @@ from typing import TYPE_CHECKING, Any, cast
 import polars as pl
 import pyarrow as pa
 
-from privmob import aggregate, bound, crs, index, ingest, pii, scope
-from privmob.aggregate import ExactCounts
 from privmob.backends._driver import keyed_fixes, keyed_trips, stored_positions
-from privmob.crs import CRS
 from privmob.errors import BackendUnavailableError, InputError
-from privmob.stays import TRIP_SCHEMA, StayParams, person_trips
+from privmob.movement.stays import TRIP_SCHEMA, StayParams, person_trips
+from privmob.stages import aggregate, bound, crs, index, ingest, pii, scope
+from privmob.stages.aggregate import ExactCounts
+from privmob.stages.crs import CRS
 
 if TYPE_CHECKING:
     import numpy as np
@@ -65,7 +65,7 @@ if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
     from privmob.config import JobConfig
-    from privmob.pseudonymise import Pseudonymiser
+    from privmob.stages.pseudonymise import Pseudonymiser
 
 try:
     import pandas  # noqa: F401  - PySpark's mapInArrow insists on it, though no data goes through it
@@ -354,7 +354,7 @@ def _whole_persons(batches: Iterator[pa.RecordBatch], key: str) -> Iterator[pl.D
 
 
 def _chunk_trips(chunk: pl.DataFrame, key: str, params: StayParams) -> pl.DataFrame:
-    """:func:`privmob.stays.person_trips` of whole persons identified by ``key``, plus one
+    """:func:`privmob.movement.stays.person_trips` of whole persons identified by ``key``, plus one
     row per person (only ``key`` set) so the driver learns every person, also those
     without a trip. Persons are numbered within the chunk for the stays step, which
     needs integer ids; a person's trips do not depend on the number."""
@@ -394,7 +394,7 @@ class SparkBackend:
 
     ``source`` may be a PySpark DataFrame, a path or URI (``hdfs://``, ``s3a://``,
     ``file://``; a directory is read as a Parquet data set, or as CSV when every file in
-    it is ``.csv``/``.csv.gz``), a :class:`privmob.ingest.Pings` handle, or a Polars /
+    it is ``.csv``/``.csv.gz``), a :class:`privmob.stages.ingest.Pings` handle, or a Polars /
     pandas frame (sent to Spark through Arrow).
     """
 
@@ -681,7 +681,7 @@ class SparkBackend:
         """Trips between each person's stays, found on the executors.
 
         The usable fixes are shuffled once by person and sorted within each partition;
-        each executor then runs :func:`privmob.stays.person_trips` on chunks of whole
+        each executor then runs :func:`privmob.movement.stays.person_trips` on chunks of whole
         persons. The driver receives the trips and one row per person (the id, hashed
         here, so the key stays on the driver): never the fixes. When two ids share a
         pseudonym (p ≈ n²/2⁶⁵) the Polars backend treats them as one person, so then the
@@ -746,7 +746,7 @@ class SparkBackend:
 
 def _bound(dwell: SparkDataFrame, max_cells_per_window: int, max_windows: int,
            person: str) -> SparkDataFrame:
-    """:func:`privmob.bound.bound` in Spark: the same ranks, ties and limits.
+    """:func:`privmob.stages.bound.bound` in Spark: the same ranks, ties and limits.
 
     Cells of a (person, window) by minutes, then ``pid XOR cell`` (signed int64), both
     descending; windows of a person by summed minutes, then ``pid XOR window``,
@@ -827,7 +827,7 @@ def _collect(df: SparkDataFrame, what: str, schema: dict[str, Any]) -> pl.DataFr
 
 
 def _spark_message(exc: BaseException) -> str:
-    """Why Spark could not read the input, in :func:`privmob.ingest.first_line`'s words.
+    """Why Spark could not read the input, in :func:`privmob.stages.ingest.first_line`'s words.
 
     A per-row step that raised shows up as a Python traceback inside Spark's error; its
     last ``module.Error: message`` line is the exception the Polars backend would have
@@ -850,7 +850,7 @@ def _header_names(spark_names: list[str]) -> list[str] | None:
 
     Spark makes repeated names unique by appending each one's position (``lat`` at 2 and
     5 become ``lat2``, ``lat5``); Polars keeps the first and names the next
-    ``lat_duplicated_0``, which :func:`privmob.ingest.require_columns` refuses. Only
+    ``lat_duplicated_0``, which :func:`privmob.stages.ingest.require_columns` refuses. Only
     exact repeats are restored (Spark also renames names that differ in case alone).
     """
     bases = [n[: -len(str(i))] if n.endswith(str(i)) else None for i, n in enumerate(spark_names)]

@@ -1,6 +1,6 @@
 """Reports drawn from a release: static heatmaps (PNG and PDF) and an offline HTML page.
 
-Everything here is post-processing of a :class:`~privmob.release.ReleasedTable`: it reads
+Everything here is post-processing of a :class:`~privmob.release.table.ReleasedTable`: it reads
 only released counts and the manifest, so drawing spends no privacy budget.
 
 >>> from privmob import report  # doctest: +SKIP

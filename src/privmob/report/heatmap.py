@@ -9,7 +9,7 @@ What the figure must never let a reader get wrong:
   Released counts are never zero: they are at or above the threshold.
 * **Every number is noisy.** The colour bar is labelled with the 95% half-width.
 * **A count near the threshold is biased upward.** It was published because its noise
-  lifted it over τ; its interval in the release is selection-aware (privmob.intervals).
+  lifted it over τ; its interval in the release is selection-aware (privmob.privacy.intervals).
   Cells whose noisy count is below τ + the half-width are outlined and dotted
   ("near threshold"), and a bilingual note under the legend says so on every figure.
 * **Where it came from and how it may be used.** The footer states the mechanism, ε, δ
@@ -63,9 +63,9 @@ from matplotlib.ticker import MaxNLocator
 import privmob.report.fonts as _fonts
 from privmob.config import DEFAULT_MARKING, parse_duration
 from privmob.errors import InputError
-from privmob.intervals import SELECTION_NOTE
-from privmob.manifest import ManifestView
-from privmob.release import ReleasedTable, release_zone
+from privmob.privacy.intervals import SELECTION_NOTE
+from privmob.release.manifest import ManifestView
+from privmob.release.table import ReleasedTable, release_zone
 
 __all__ = ["Heatmap", "Panel", "heatmap", "small_multiples"]
 
@@ -201,7 +201,7 @@ def heatmap(
     Parameters
     ----------
     release
-        A :class:`~privmob.release.ReleasedTable`, or a release folder (``release.parquet``
+        A :class:`~privmob.release.table.ReleasedTable`, or a release folder (``release.parquet``
         and ``manifest.json``, as written by ``ReleasedTable.write`` / ``privmob run``).
     boundary
         The job's boundary file (GeoJSON / GeoPackage). Draws the outline and, for a
@@ -470,7 +470,7 @@ def _boundary_layers(path: Path, keys: str, resolution: int) -> tuple[Any, Any, 
     """(boundary outline, union of its cells at ``resolution``, number of cells)."""
     from shapely.geometry import shape
 
-    from privmob.keys import release_boundary
+    from privmob.privacy.keys import release_boundary
 
     boundary, note = release_boundary(path, keys)
     if note is not None:

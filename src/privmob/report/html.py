@@ -26,7 +26,7 @@ The manifest's exact input statistics (``rows_*``, ``persons``, bounding tallies
 timings) are for the operator only — they are not differentially private — and are left
 out of the page.
 
-Everything is post-processing of a :class:`~privmob.release.ReleasedTable`: making the
+Everything is post-processing of a :class:`~privmob.release.table.ReleasedTable`: making the
 page spends no privacy budget.
 
 Examples
@@ -59,9 +59,9 @@ import polars as pl
 from privmob._version import __version__
 from privmob.config import DEFAULT_MARKING, parse_duration
 from privmob.errors import InputError
-from privmob.intervals import SELECTION_NOTE
-from privmob.manifest import ManifestView
-from privmob.release import ReleasedTable, release_zone
+from privmob.privacy.intervals import SELECTION_NOTE
+from privmob.release.manifest import ManifestView
+from privmob.release.table import ReleasedTable, release_zone
 from privmob.report.fonts import cjk_characters, embed_cjk, text_outline
 
 __all__ = ["CSP", "html_report", "write_html_report"]
@@ -112,7 +112,7 @@ def html_report(
     Parameters
     ----------
     release
-        A :class:`~privmob.release.ReleasedTable`, or a release folder (``release.parquet``
+        A :class:`~privmob.release.table.ReleasedTable`, or a release folder (``release.parquet``
         and ``manifest.json``, as written by ``ReleasedTable.write`` / ``privmob run``). For
         a folder the page also states whether its signature and file digests check out.
     boundary
@@ -275,7 +275,7 @@ class _Area:
 
 
 def _area(path: Path, keys: str, resolution: int | None) -> _Area:
-    from privmob.keys import release_boundary
+    from privmob.privacy.keys import release_boundary
 
     boundary, note = release_boundary(path, keys)
     if note is not None:
@@ -725,7 +725,10 @@ cover the true count 95% of the time among published cells) and may reach down t
 </section>"""
 
     def _manifest_section(self) -> str:
+        """The manifest as readable tables, every field read through :class:`ManifestView`
+        (as the heatmap reads it); keys the view does not know are listed as they are."""
         m = self.manifest
+        v = ManifestView.of(m)
         esc = html.escape
         rows: list[tuple[str, str, str]] = []  # (group, label, html value)
 
@@ -735,99 +738,90 @@ cover the true count 95% of the time among published cells) and may reach down t
             rows.append((group, label, value if raw else esc(str(value))))
 
         g = "Release"
-        add(g, "Purpose", m.get("purpose"))
-        add(g, "Operator (answers for this release)", m.get("operator"))
+        add(g, "Purpose", v.purpose)
+        add(g, "Operator (answers for this release)", v.operator)
         add(g, "Marking", f'<span class="marking-text">{esc(self.marking)}</span>', raw=True)
-        add(g, "Dataset", m.get("dataset"))
-        add(g, "Period", _period_text(m, self.windows))
-        add(g, "Release id", _code(m.get("release_id")), raw=True)
-        add(g, "Created", _local_time(m.get("created_at"), self.windows.tz))
-        add(g, "Software", f"privmob {m.get('privmob_version')}" if m.get("privmob_version") else None)
+        add(g, "Dataset", v.dataset)
+        add(g, "Period", _period_text(v.key_period, self.windows))
+        add(g, "Release id", _code(v.release_id), raw=True)
+        add(g, "Created", _local_time(v.created_at, self.windows.tz))
+        add(g, "Software", f"privmob {v.privmob_version}" if v.privmob_version else None)
 
         g = "Privacy budget spent"
         mech = {"gaussian": "discrete Gaussian (OpenDP)", "laplace": "discrete Laplace (OpenDP)"}.get(
-            str(m.get("mechanism")), str(m.get("mechanism") or "?"))
-        add(g, "Unit of privacy", m.get("privacy_unit")
+            str(v.mechanism), v.mechanism or "?")
+        add(g, "Unit of privacy", v.privacy_unit
             or "one person over the whole period (all of their records)")
         add(g, "Mechanism", mech)
         budget = []
-        if m.get("epsilon") is not None:
-            budget.append(f"ε = {_num(m['epsilon'])}")
-        if m.get("delta") is not None:
-            budget.append(f"δ = {_num(m['delta'])}")
-        if m.get("rho") is not None:
-            budget.append(f"ρ = {_num(m['rho'], 4)} (zCDP)")
-        add(g, "This release spent" + (" (all tables)" if isinstance(m.get("flows"), Mapping) else ""),
+        if v.epsilon is not None:
+            budget.append(f"ε = {_num(v.epsilon)}")
+        if v.delta is not None:
+            budget.append(f"δ = {_num(v.delta)}")
+        if v.rho is not None:
+            budget.append(f"ρ = {_num(v.rho, 4)} (zCDP)")
+        add(g, "This release spent" + (" (all tables)" if v.flows is not None else ""),
             ", ".join(budget) or None)
-        ledger = m.get("budget")
-        if isinstance(ledger, Mapping):
+        if v.charged_days is not None:
             limits = ", ".join(
-                f"{name} {_num(ledger[key])}/day"
-                for key, name in (("epsilon_per_day", "ε"), ("delta_per_day", "δ"), ("rho_per_day", "ρ"))
-                if ledger.get(key) is not None
+                f"{name} {_num(value)}/day"
+                for value, name in ((v.epsilon_per_day, "ε"), (v.delta_per_day, "δ"), (v.rho_per_day, "ρ"))
+                if value is not None
             )
-            days = ledger.get("days_charged")
-            add(g, "Budget ledger", f"charged to day(s) {', '.join(map(str, days or []))}"
+            add(g, "Budget ledger", f"charged to day(s) {', '.join(v.charged_days)}"
                 + (f"; limit {limits}" if limits else ""))
         else:
             add(g, "Budget ledger", "not recorded in a ledger for this release")
 
         g = "Accuracy and suppression"
-        add(g, "Noise", f"standard deviation {_num(m.get('noise_std') or m.get('noise_scale'), 4)}"
-            if (m.get("noise_std") or m.get("noise_scale")) is not None else None)
-        if m.get("ci95_halfwidth") is not None:
-            add(g, "95% interval", f"shown count ± {m['ci95_halfwidth']} well above the threshold; near it "
+        std = v.noise_std or v.noise_scale
+        add(g, "Noise", f"standard deviation {_num(std, 4)}" if std is not None else None)
+        if v.ci95_halfwidth is not None:
+            add(g, "95% interval", f"shown count ± {v.ci95_halfwidth} well above the threshold; near it "
                 "selection-aware (95% given that the count was published; may lie below the count); "
                 "never below 0")
-        thr = m.get("release_threshold")
-        if thr is not None:
-            text = f"noisy count ≥ {thr} is published (min_count {m.get('min_count', '?')})"
-            if m.get("spurious_rate") is not None:
+        if v.release_threshold is not None:
+            text = (f"noisy count ≥ {v.release_threshold} is published "
+                    f"(min_count {v.min_count if v.min_count is not None else '?'})")
+            if v.spurious_rate is not None:
                 text += ("; an empty cell passes by noise alone with probability "
-                         f"{_num(m['spurious_rate'], 3)}")
+                         f"{_num(v.spurious_rate, 3)}")
             add(g, "Release threshold", text)
-        if m.get("cells_released") is not None:
-            add(g, "Released", f"{_count(m['cells_released'])} cell-windows released, "
-                f"{_count(m.get('cells_suppressed'))} withheld")
-        keys = str(m.get("keys") or "")
-        if keys.startswith("public:"):
-            add(g, "Keys", f"public: {_count(m.get('key_cells'))} cells of the boundary × "
-                f"{_count(m.get('windows'))} windows = {_count(m.get('n_keys'))} keys, all noised "
-                f"(boundary sha256 {keys[7:19]}…)")
-        elif keys:
-            add(g, "Keys", f"{keys} (selected by a differentially private threshold)")
+        if v.cells_released is not None:
+            add(g, "Released", f"{_count(v.cells_released)} cell-windows released, "
+                f"{_count(v.cells_suppressed)} withheld")
+        if v.public_keys:
+            add(g, "Keys", f"public: {_count(v.key_cells)} cells of the boundary × "
+                f"{_count(v.windows)} windows = {_count(v.n_keys)} keys, all noised "
+                f"(boundary sha256 {v.keys[7:19]}…)")
+        elif v.keys:
+            add(g, "Keys", f"{v.keys} (selected by a differentially private threshold)")
 
         g = "Grid and contribution bounds"
-        add(g, "Cells", f"H3 resolution {m.get('resolution')}" if m.get("resolution") is not None else None)
-        window = m.get("window") or _duration(self.windows.seconds)
+        add(g, "Cells", f"H3 resolution {v.resolution}" if v.resolution is not None else None)
+        window = v.window or _duration(self.windows.seconds)
         add(g, "Time windows", f"{self.windows.count} × {window}, time zone {self.windows.tz_name}")
-        scope = m.get("scope")
-        if isinstance(scope, Mapping) and scope.get("groups"):
-            add(g, "Key groups", ", ".join(map(str, scope["groups"])))
+        add(g, "Key groups", ", ".join(v.scope_groups) or None)
         bound = []
-        if m.get("max_cells_per_window") is not None:
-            bound.append(f"≤ {m['max_cells_per_window']} cell(s) per person and window")
-        if m.get("max_windows") is not None:
-            bound.append(f"≤ {m['max_windows']} window(s) per person")
-        sens = m.get("sensitivity")
-        if isinstance(sens, Mapping):
-            bound.append(f"sensitivity L1 = {_num(sens.get('l1'))}, L2 = {_num(sens.get('l2'), 4)}")
+        if v.max_cells_per_window is not None:
+            bound.append(f"≤ {v.max_cells_per_window} cell(s) per person and window")
+        if v.max_windows is not None:
+            bound.append(f"≤ {v.max_windows} window(s) per person")
+        if v.sensitivity is not None:
+            l1, l2 = v.sensitivity
+            bound.append(f"sensitivity L1 = {_num(l1)}, L2 = {_num(l2, 4)}")
         add(g, "Contribution bound", "; ".join(bound) or None)
-        bounding = m.get("bounding")
-        if isinstance(bounding, Mapping):
-            add(g, "Which cells a person keeps", bounding.get("rule"))
+        add(g, "Which cells a person keeps", v.bounding_rule)
 
         g = "Processing"
-        stages = m.get("stages")
-        if isinstance(stages, list) and stages:
-            chips = '<ol class="stages">' + "".join(f"<li>{esc(str(s))}</li>" for s in stages) + "</ol>"
+        if v.stages:
+            chips = '<ol class="stages">' + "".join(f"<li>{esc(s)}</li>" for s in v.stages) + "</ol>"
             add(g, "Stages applied", chips, raw=True)
-        pseudo = m.get("pseudonymisation")
-        if isinstance(pseudo, Mapping):
-            add(g, "Pseudonymisation", f"{pseudo.get('method', '?')}; linkage period "
-                f"{pseudo.get('linkage_period', '?')}")
+        if v.pseudonymisation is not None:
+            method, linkage = v.pseudonymisation
+            add(g, "Pseudonymisation", f"{method or '?'}; linkage period {linkage or '?'}")
 
-        fl = ManifestView.of(m).flows
+        fl = v.flows
         if fl is not None:
             g = "Origin–destination flows"
             prop = f" (property {fl.unit_property})" if fl.unit_property else ""
@@ -848,17 +842,16 @@ cover the true count 95% of the time among published cells) and may reach down t
                     f"{stays.get('min_duration', '?')} (gaps ≤ {stays.get('max_gap', '?')})")
 
         g = "Integrity"
-        sig = m.get("signature")
-        if isinstance(sig, Mapping) and sig.get("fingerprint"):
-            add(g, "Signature", f"{esc(str(sig.get('algorithm', '?')))} · {_code(sig['fingerprint'])}"
+        if v.signature_fingerprint:
+            add(g, "Signature", f"{esc(v.signature_algorithm or '?')} · {_code(v.signature_fingerprint)}"
                 " — compare with the fingerprint the publisher announced", raw=True)
         else:
             add(g, "Signature", '<strong class="unsigned">UNSIGNED</strong>', raw=True)
         if self.verification is not None:
             add(g, "Checked when this page was made", self.verification[0])
-        files = m.get("files")
-        if isinstance(files, Mapping) and files:
-            add(g, "Files", "<br>".join(f"{esc(str(k))}: {_code(v)}" for k, v in files.items()), raw=True)
+        if v.files:
+            add(g, "Files", "<br>".join(f"{esc(name)}: {_code(digest)}" for name, digest in v.files),
+                raw=True)
 
         known = {
             "purpose", "operator", "marking", "dataset", "key_period", "period_start", "period_end",
@@ -1022,7 +1015,7 @@ def _bbox(
 
 
 def _verify(folder: Path) -> tuple[str, list[str]]:
-    from privmob.signing import verify_release
+    from privmob.governance.signing import verify_release
 
     result = verify_release(folder)
     lines = result.summary().splitlines()
@@ -1087,11 +1080,11 @@ def _asset(name: str) -> str:
     return resources.files("privmob.report").joinpath("_assets", name).read_text(encoding="utf-8")
 
 
-def _period_text(m: Mapping[str, Any], win: _Windows) -> str:
+def _period_text(key_period: str | None, win: _Windows) -> str:
     start = win.start.astimezone(win.tz)
     end = (win.start + dt.timedelta(seconds=win.seconds * win.count)).astimezone(win.tz)
     span = f"{start:%Y-%m-%d %H:%M} – {end:%Y-%m-%d %H:%M} ({_utc_offset(start)}, {win.tz_name})"
-    return f"{m['key_period']}: {span}" if m.get("key_period") else span
+    return f"{key_period}: {span}" if key_period else span
 
 
 def _local_time(value: Any, tz: dt.tzinfo) -> str | None:

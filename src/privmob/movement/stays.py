@@ -409,7 +409,7 @@ def _prepare(fixes: pl.DataFrame | pl.LazyFrame, max_gap_s: int) -> _Fixes:
     ).collect()
     nulls = {c: n for c, n in zip(df.columns, df.null_count().row(0), strict=True) if n}
     if nulls:
-        raise SchemaError(f"stays: null values in {nulls}; validate the fixes first (privmob.ingest)")
+        raise SchemaError(f"stays: null values in {nulls}; validate the fixes first (privmob.stages.ingest)")
     pid = df["pid"].to_numpy()
     t = df["t"].to_numpy()
     lat = df["lat"].to_numpy()

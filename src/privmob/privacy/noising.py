@@ -1,13 +1,13 @@
 """Stages 7–8 — noise and suppress: the one path every released table takes.
 
-Occupancy, each parent level and flows differ only in their :class:`~privmob.tablespec.
+Occupancy, each parent level and flows differ only in their :class:`~privmob.privacy.tablespec.
 TableSpec`; :func:`noise_table` turns a spec and the table's exact counts into the released
 keys, noisy counts ≥ the threshold, their selection-aware 95% intervals
-(:func:`privmob.intervals.selection_interval`) and the ``near_threshold`` flag. Noise is
+(:func:`privmob.privacy.intervals.selection_interval`) and the ``near_threshold`` flag. Noise is
 drawn in one place, :func:`sample`:
 
 * public keys — every key of the spec's key set is noised (the far-below-threshold ones by
-  exact sparse sampling, :mod:`privmob.sparse`, ADR 0005), so an absent key leaks nothing;
+  exact sparse sampling, :mod:`privmob.privacy.sparse`, ADR 0005), so an absent key leaks nothing;
 * threshold keys — OpenDP's ``make_*_threshold`` noises the keys seen in the data and keeps
   those that clear its threshold, at the δ the spec reserved.
 
@@ -25,10 +25,10 @@ import numpy as np
 import numpy.typing as npt
 import polars as pl
 
-from privmob import mechanism, sparse
-from privmob.intervals import near_threshold, selection_interval
-from privmob.mechanism import NoiseModel
-from privmob.tablespec import PublicKeys, TableSpec
+from privmob.privacy import mechanism, sparse
+from privmob.privacy.intervals import near_threshold, selection_interval
+from privmob.privacy.mechanism import NoiseModel
+from privmob.privacy.tablespec import PublicKeys, TableSpec
 
 __all__ = ["NoisyTable", "annotate", "key_vector", "noise_table", "sample"]
 

@@ -27,10 +27,10 @@ below 1e-300, far below α/2, so rejecting ``c`` is the correct conclusion, not 
 The discrete Laplace tail is in closed form. The discrete Gaussian's is summed on the
 integers (``np.logaddexp.accumulate``) over the range the search needs plus 40σ of tail
 on either side, beyond which the neglected mass is below ``e^{-800}`` relative. The noise
-model's own float pmf (:class:`privmob.mechanism.NoiseModel`) stops at 14σ, so it is used
-only for the bracket (:meth:`~privmob.mechanism.NoiseModel.ci_halfwidth`); the tails here
+model's own float pmf (:class:`privmob.privacy.mechanism.NoiseModel`) stops at 14σ, so it is used
+only for the bracket (:meth:`~privmob.privacy.mechanism.NoiseModel.ci_halfwidth`); the tails here
 are those of the same distribution (same kind, same scale) and agree with
-:meth:`~privmob.mechanism.NoiseModel.tail` wherever that is representable.
+:meth:`~privmob.privacy.mechanism.NoiseModel.tail` wherever that is representable.
 
 An empty set, and what is published instead. When even ``c = 0`` makes the observed ``y``
 a lower-tail event (``P(Y ≤ y | 0, Y ≥ τ) ≤ α/2``; it happens for ``y`` at τ with a wide
@@ -53,7 +53,7 @@ import numpy.typing as npt
 from privmob.errors import ConfigError, InputError
 
 if TYPE_CHECKING:
-    from privmob.mechanism import NoiseModel
+    from privmob.privacy.mechanism import NoiseModel
 
 __all__ = ["CI_METHOD", "SELECTION_NOTE", "log_sf", "near_threshold", "selection_interval"]
 

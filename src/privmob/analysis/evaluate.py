@@ -57,7 +57,7 @@ import polars_h3 as plh3
 
 from privmob.config import JobConfig
 from privmob.errors import InputError, import_extra
-from privmob.release import ReleasedTable
+from privmob.release.table import ReleasedTable
 
 __all__ = ["evaluate", "haversine_km", "truth_counts"]
 
@@ -73,7 +73,7 @@ def evaluate(release: ReleasedTable | pl.DataFrame, truth: pl.DataFrame, *, k: i
     Parameters
     ----------
     release
-        A :class:`~privmob.release.ReleasedTable` or its table.
+        A :class:`~privmob.release.table.ReleasedTable` or its table.
     truth
         Exact counts: ``cell, window_start, count`` (heatmaps) or ``origin, destination,
         window_start, count`` (OD flows), e.g. from :func:`truth_counts`.
@@ -210,10 +210,10 @@ def truth_counts(pings: Any, config: JobConfig, *, bounded: bool,
         non-zero counts, only cells of the job's boundary when it has one. **Exact,
         private data**: never publish it.
     """
-    from privmob import index, scope
     from privmob.backends import PolarsBackend
-    from privmob.plan import plan
-    from privmob.pseudonymise import Pseudonymiser, load_key
+    from privmob.pipeline.plan import plan
+    from privmob.stages import index, scope
+    from privmob.stages.pseudonymise import Pseudonymiser, load_key
 
     p = plan(config)
     engine = PolarsBackend()

@@ -1,10 +1,10 @@
 """Stage 9 — release: what may leave the package, and how it is written.
 
-The tables arrive noised and suppressed (:func:`privmob.noising.noise_table`; suppression,
-:func:`privmob.mechanism.suppress`, compares the *noisy* count with the threshold — never the
+The tables arrive noised and suppressed (:func:`privmob.privacy.noising.noise_table`; suppression,
+:func:`privmob.privacy.mechanism.suppress`, compares the *noisy* count with the threshold — never the
 exact one, which would leak "fewer than N" through an absence). Here they get their public
 form (H3 cell strings, window start times, unit coordinates) and are written as data files;
-reports are drawn by :func:`privmob.publish.publish`, one stage above.
+reports are drawn by :func:`privmob.pipeline.publish.publish`, one stage above.
 
 A release is written atomically: every file goes into a hidden temporary folder beside
 the target, is flushed to disk, and the folder is renamed into place. A crash leaves either
@@ -32,10 +32,10 @@ import polars as pl
 import polars_h3 as plh3
 
 from privmob.errors import ReleaseExistsError, ReleaseWriteError
-from privmob.mechanism import suppress  # public here too, as before (in __all__)
+from privmob.privacy.mechanism import suppress  # public here too, as before (in __all__)
 
 if TYPE_CHECKING:
-    from privmob.mechanism import NoiseModel
+    from privmob.privacy.mechanism import NoiseModel
 
 __all__ = ["FLOWS_FILES", "RELEASE_FILES", "ReleasedTable", "build_table", "cell_table", "flows_table",
            "read_operator_record", "suppress", "write_operator_record"]
@@ -106,12 +106,12 @@ def build_table(
 ) -> pl.DataFrame:
     """The public table of released (cell, window, noisy count) triples: H3 cell string,
     window start (UTC), count, its selection-aware 95% interval and whether it is near the
-    threshold (:func:`privmob.noising.annotate`; all of it post-processing).
+    threshold (:func:`privmob.privacy.noising.annotate`; all of it post-processing).
 
-    The release path builds the same from a :class:`~privmob.noising.NoisyTable` with
+    The release path builds the same from a :class:`~privmob.privacy.noising.NoisyTable` with
     :func:`cell_table`; this is the form for counts already noised elsewhere.
     """
-    from privmob.noising import annotate
+    from privmob.privacy.noising import annotate
 
     noisy = np.asarray(noisy, dtype=np.int64)
     ci_low, ci_high, near = annotate(noise, threshold, noisy)
@@ -194,7 +194,7 @@ class ReleasedTable:
     manifest
         The public manifest: what the release is, its parameters and released numbers
         (purpose, operator, unit of privacy, budget spent, noise, keys, threshold). It holds
-        no exact figure of the input (see :mod:`privmob.plan`).
+        no exact figure of the input (see :mod:`privmob.pipeline.plan`).
     operator_record
         The exact figures of the run (row and person counts, bounding tallies, digests,
         timings), for the operator only: in memory, never written into the release folder
@@ -225,7 +225,7 @@ class ReleasedTable:
     def read(cls, folder: str | Path) -> ReleasedTable:
         """Load a release folder written by :meth:`write` (tables, flows, levels, manifest).
 
-        Reading does not check the signature: use :func:`privmob.signing.verify_release`.
+        Reading does not check the signature: use :func:`privmob.governance.signing.verify_release`.
         """
         from privmob.errors import InputError
 
@@ -320,11 +320,11 @@ class ReleasedTable:
               extra_files: ExtraFiles | None = None) -> Path:
         """Write ``release.parquet``, ``release.csv``, ``release.geojson`` and
         ``manifest.json`` into ``directory``, atomically; with an Ed25519 ``signing_key``
-        also ``manifest.sig`` and ``signing_key.pub`` (see :mod:`privmob.signing`).
+        also ``manifest.sig`` and ``signing_key.pub`` (see :mod:`privmob.governance.signing`).
 
         Data files only: ``extra_files(release, folder)`` may add files drawn from the
         release (it returns their names) before the manifest lists every file's digest and
-        the signature covers them — :func:`privmob.publish.publish` draws the reports so.
+        the signature covers them — :func:`privmob.pipeline.publish.publish` draws the reports so.
         The directory must not already hold a release. Returns its path.
         """
         target = Path(directory)
@@ -346,7 +346,7 @@ class ReleasedTable:
         try:
             self._write_files(tmp, extra_files=extra_files)
             if signing_key is not None:
-                from privmob.signing import write_signature
+                from privmob.governance.signing import write_signature
 
                 write_signature(tmp, signing_key)
             _fsync_dir(tmp)
@@ -405,7 +405,7 @@ class ReleasedTable:
     def _write_boundary(self, folder: Path) -> list[str]:
         """Carry the public boundary of public keys (``boundary.geojson``, in the signed file
         list), so reports of the folder draw it without being told where it is."""
-        from privmob.keys import BOUNDARY_FILE, boundary_document
+        from privmob.privacy.keys import BOUNDARY_FILE, boundary_document
 
         keys = str(self.manifest.get("keys") or "")
         if self.boundary is None or not keys.startswith("public:"):

@@ -25,7 +25,7 @@ The bits are only as fair as OpenDP's: 0.12–0.14 never flipped the last bit of
 bits, checks the source (:func:`check_bit_source`) and refuses to sample from an unfair one.
 
 Classes where clearing τ is common (q_c above :data:`SPARSE_MAX_Q`) and counts ≥ τ are
-noised key by key with :func:`privmob.mechanism.noise_counts`, as before.
+noised key by key with :func:`privmob.privacy.mechanism.noise_counts`, as before.
 """
 
 from __future__ import annotations
@@ -40,11 +40,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from privmob import mechanism
 from privmob.errors import PrivmobError
+from privmob.privacy import mechanism
 
 if TYPE_CHECKING:
-    from privmob.mechanism import NoiseModel
+    from privmob.privacy.mechanism import NoiseModel
 
 __all__ = ["DESCRIPTION", "MIN_OPENDP", "SPARSE_MAX_Q", "BitSourceError", "check_bit_source",
            "exceed_probability", "noise_and_suppress"]

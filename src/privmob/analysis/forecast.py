@@ -1,7 +1,7 @@
 """Forecasts of released series: post-processing, so they cost no privacy budget.
 
 :func:`forecast` reads *released* tables only — the noisy, suppressed counts a
-:class:`~privmob.release.ReleasedTable` publishes, never pings or exact counts. Anything
+:class:`~privmob.release.table.ReleasedTable` publishes, never pings or exact counts. Anything
 computed from DP outputs alone is post-processing: it spends no budget, and the forecast's
 manifest says so (``"privacy_cost": 0``, ``"post_processing_of": [release ids]``).
 
@@ -70,7 +70,7 @@ import polars as pl
 
 from privmob.config import parse_duration
 from privmob.errors import ConfigError, InputError, import_extra
-from privmob.release import ReleasedTable
+from privmob.release.table import ReleasedTable
 
 __all__ = ["MAX_SERIES", "Forecast", "forecast"]
 

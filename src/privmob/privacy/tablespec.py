@@ -4,10 +4,10 @@ A release publishes several tables: occupancy (distinct persons per cell and win
 same at coarser parent resolutions, and origin–destination flows. Each is one
 :class:`TableSpec`: where its keys come from (a public key set, or OpenDP's noise threshold),
 its sensitivity, the noise OpenDP calibrated for its share of the budget, its release
-threshold (and the δ that threshold costs) and its :class:`~privmob.accountant.PrivacyCost`.
+threshold (and the δ that threshold costs) and its :class:`~privmob.privacy.accountant.PrivacyCost`.
 :func:`table_specs` is the one place the job's budget is split among the tables; their
 composed cost is what a release is charged. A new table (the adaptive-resolution tree) is a
-new spec here; :func:`privmob.noising.noise_table` releases every spec the same way.
+new spec here; :func:`privmob.privacy.noising.noise_table` releases every spec the same way.
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ import numpy.typing as npt
 import polars as pl
 import polars_h3 as plh3
 
-from privmob.accountant import PrivacyCost, exact
 from privmob.config import JobConfig, PrivacyConfig
-from privmob.flows import n_windows as flows_windows
-from privmob.mechanism import NoiseModel, Sensitivity, calibrate, threshold_for
+from privmob.movement.flows import n_windows as flows_windows
+from privmob.privacy.accountant import PrivacyCost, exact
+from privmob.privacy.mechanism import NoiseModel, Sensitivity, calibrate, threshold_for
 
 if TYPE_CHECKING:
-    from privmob.flows import Units
+    from privmob.movement.flows import Units
 
 __all__ = ["PublicKeys", "TableSpec", "TableSpecs", "ThresholdKeys", "parent_cells", "table_specs"]
 

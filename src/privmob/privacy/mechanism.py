@@ -7,7 +7,7 @@ and its privacy maps — not our arithmetic — decide what a release costs.
 OpenDP's samplers are single-threaded (~6 µs per key for Laplace, ~10 µs for Gaussian);
 a city day has hundreds of thousands of public keys, so the vector is noised in chunks on
 all cores (the OpenDP call releases the GIL). Each key is noised exactly once. Public keys
-far below the release threshold never come here one by one: :mod:`privmob.sparse` samples
+far below the release threshold never come here one by one: :mod:`privmob.privacy.sparse` samples
 which of them clear it, with the same output distribution (ADR 0005).
 
 We use OpenDP's core measurements, not its Polars context: that integration pins one
@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from privmob.accountant import PrivacyCost, exact
 from privmob.config import PrivacyConfig
 from privmob.errors import ConfigError
+from privmob.privacy.accountant import PrivacyCost, exact
 
 __all__ = ["NoiseModel", "Sensitivity", "calibrate", "noise_counts", "opendp", "suppress",
            "threshold_counts", "threshold_for"]

@@ -14,7 +14,7 @@ exact input may appear: not row or person counts, bounding tallies, trip counts,
 the input's digest, the configuration digest, the pseudonym key id, nor column names of the
 input (a header can be data). Those go to the *operator record* (:func:`operator_record`),
 which stays in memory (``ReleasedTable.operator_record``) or is stored 0600 beside the
-ledger (:func:`privmob.release.write_operator_record`) and never enters the release folder
+ledger (:func:`privmob.release.table.write_operator_record`) and never enters the release folder
 or its reports. ``tests/system/test_release_leaks.py`` checks the rule by differencing.
 
 Reports read a manifest through :class:`ManifestView`: typed fields, tolerant of older
@@ -29,19 +29,19 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from privmob import sparse
 from privmob._version import __version__
-from privmob.flows import n_windows
-from privmob.ingest import BAD_REASONS
-from privmob.intervals import CI_METHOD
-from privmob.scope import OK, OUT_OF_PERIOD, OUT_OF_SCOPE
+from privmob.movement.flows import n_windows
+from privmob.privacy import sparse
+from privmob.privacy.intervals import CI_METHOD
+from privmob.stages.ingest import BAD_REASONS
+from privmob.stages.scope import OK, OUT_OF_PERIOD, OUT_OF_SCOPE
 
 if TYPE_CHECKING:
-    from privmob.accountant import PrivacyCost
-    from privmob.ledger import Budget
-    from privmob.noising import NoisyTable
-    from privmob.plan import Plan
-    from privmob.tablespec import TableSpec
+    from privmob.governance.ledger import Budget
+    from privmob.pipeline.plan import Plan
+    from privmob.privacy.accountant import PrivacyCost
+    from privmob.privacy.noising import NoisyTable
+    from privmob.privacy.tablespec import TableSpec
 
 __all__ = ["BOUNDING_RULE", "FLOWS_BOUNDING_RULE", "KEPT_COLUMNS", "FlowsView", "ManifestView",
            "bind_to_ledger", "build_manifest", "dropped_identifiers", "identifier_kind", "operator_record"]
@@ -66,7 +66,7 @@ def build_manifest(plan: Plan, release_id: str, released: Mapping[str, NoisyTabl
                    signature: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The public manifest of a release: its parameters and released (noisy) numbers only.
 
-    ``released`` maps each spec's name to its :class:`~privmob.noising.NoisyTable`.
+    ``released`` maps each spec's name to its :class:`~privmob.privacy.noising.NoisyTable`.
     Nothing here may depend on the input except through those tables (module docstring).
     """
     cfg, s, specs = plan.config, plan.summary(), plan.specs
@@ -318,6 +318,21 @@ def _str(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
+def _text(value: Any) -> str | None:
+    """A JSON string (None for anything else)."""
+    return value if isinstance(value, str) else None
+
+
+def _section(m: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    """A nested object of the manifest (empty when absent or not an object)."""
+    value = m.get(key)
+    return value if isinstance(value, Mapping) else {}
+
+
+def _strings(value: Any) -> tuple[str, ...]:
+    return tuple(str(v) for v in value) if isinstance(value, list | tuple) else ()
+
+
 @dataclass(frozen=True)
 class FlowsView:
     """The ``flows`` section of a manifest, typed."""
@@ -388,10 +403,37 @@ class ManifestView:
     n_keys: int | None
     signature_fingerprint: str | None
     flows: FlowsView | None
+    # What the HTML report's manifest card shows besides (defaults: an older manifest).
+    operator: str | None = None
+    privacy_unit: str | None = None
+    created_at: str | None = None
+    noise_std: float | None = None
+    noise_scale: float | None = None
+    spurious_rate: float | None = None
+    cells_released: int | None = None
+    cells_suppressed: int | None = None
+    max_windows: int | None = None
+    #: (L1, L2); None when the manifest has no ``sensitivity`` section.
+    sensitivity: tuple[float | None, float | None] | None = None
+    bounding_rule: str | None = None
+    scope_groups: tuple[str, ...] = ()
+    stages: tuple[str, ...] = ()
+    #: (method, linkage period); None when the manifest has no ``pseudonymisation`` section.
+    pseudonymisation: tuple[str | None, str | None] | None = None
+    #: The days a ledger was charged; None when the release was not charged to a ledger.
+    charged_days: tuple[str, ...] | None = None
+    epsilon_per_day: float | None = None
+    delta_per_day: float | None = None
+    rho_per_day: float | None = None
+    signature_algorithm: str | None = None
+    #: (file name, sha256) in the manifest's order.
+    files: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def of(cls, m: Mapping[str, Any]) -> ManifestView:
         signature, flows = m.get("signature"), m.get("flows")
+        sens, pseudo = _section(m, "sensitivity"), _section(m, "pseudonymisation")
+        ledger, charged = _section(m, "budget"), isinstance(m.get("budget"), Mapping)
         return cls(
             raw=m, release_id=_str(m.get("release_id")), dataset=_str(m.get("dataset")),
             key_period=_str(m.get("key_period")), purpose=_str(m.get("purpose")),
@@ -409,6 +451,24 @@ class ManifestView:
             signature_fingerprint=_str(signature.get("fingerprint"))
             if isinstance(signature, Mapping) else None,
             flows=FlowsView.of(flows) if isinstance(flows, Mapping) else None,
+            operator=_str(m.get("operator")), privacy_unit=_str(m.get("privacy_unit")),
+            created_at=_text(m.get("created_at")),
+            noise_std=_float(m.get("noise_std")), noise_scale=_float(m.get("noise_scale")),
+            spurious_rate=_float(m.get("spurious_rate")),
+            cells_released=_int(m.get("cells_released")), cells_suppressed=_int(m.get("cells_suppressed")),
+            max_windows=_int(m.get("max_windows")),
+            sensitivity=(_float(sens.get("l1")), _float(sens.get("l2"))) if sens else None,
+            bounding_rule=_str(_section(m, "bounding").get("rule")),
+            scope_groups=_strings(_section(m, "scope").get("groups")),
+            stages=_strings(m.get("stages")),
+            pseudonymisation=(_str(pseudo.get("method")), _str(pseudo.get("linkage_period")))
+            if pseudo else None,
+            charged_days=_strings(ledger.get("days_charged")) if charged else None,
+            epsilon_per_day=_float(ledger.get("epsilon_per_day")),
+            delta_per_day=_float(ledger.get("delta_per_day")),
+            rho_per_day=_float(ledger.get("rho_per_day")),
+            signature_algorithm=_str(signature.get("algorithm")) if isinstance(signature, Mapping) else None,
+            files=tuple((str(k), str(v)) for k, v in _section(m, "files").items()),
         )
 
     @property

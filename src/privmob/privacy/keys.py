@@ -208,7 +208,7 @@ def boundary_document(path: Path, key_label: str) -> bytes | None:
     The boundary file itself when the keys came from all of it, as plain WGS-84 GeoJSON:
     its sha256 is then the one in the label. Otherwise (a feature selection, a converted
     datum, another format) the selected area, merged and in WGS-84, as one GeoJSON feature
-    whose ``privmob.keys`` names the label it stands for. None when the keys are not
+    whose ``privmob.privacy.keys`` names the label it stands for. None when the keys are not
     public or ``path`` is no longer the file they came from (nothing is carried then).
     """
     label, _, query = key_label.partition("?")
@@ -262,7 +262,7 @@ def load_boundary(path: Path, where: Mapping[str, str] | None = None,
         geoms = _read_polygons(path, where)
     geometry = _polygonal(geoms, path)
     if crs != "wgs84":
-        from privmob.crs import geometry_to_wgs84
+        from privmob.stages.crs import geometry_to_wgs84
 
         geometry = make_valid(geometry_to_wgs84(geometry, crs))  # type: ignore[arg-type]
     if geometry.is_empty or geometry.area == 0:

@@ -5,7 +5,7 @@ refused: releases beside the output anchored to another ledger give it away), th
 reserved before any data is read, and it is committed only once the release is out —
 with the operator record (exact figures) stored 0600 beside the ledger — or cancelled if
 the run fails. Every refusal and failure is appended to the audit log.
-:meth:`privmob.plan.Plan.release` runs these steps in that order.
+:meth:`privmob.pipeline.plan.Plan.release` runs these steps in that order.
 """
 
 from __future__ import annotations
@@ -15,16 +15,16 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from privmob.accountant import PrivacyCost
-from privmob.audit import AuditLog
 from privmob.config import BudgetConfig
 from privmob.errors import BudgetExceededError, LedgerIntegrityError, PrivmobError, ReleaseExistsError
-from privmob.ingest import first_line
-from privmob.ledger import Budget, Charge, Ledger, foreign_releases
-from privmob.release import ReleasedTable, write_operator_record
+from privmob.governance.audit import AuditLog
+from privmob.governance.ledger import Budget, Charge, Ledger, foreign_releases
+from privmob.privacy.accountant import PrivacyCost
+from privmob.release.table import ReleasedTable, write_operator_record
+from privmob.stages.ingest import first_line
 
 if TYPE_CHECKING:
-    from privmob.plan import Plan
+    from privmob.pipeline.plan import Plan
 
 __all__ = ["audit_refusal", "cancel", "open_ledger", "refuse_existing", "refuse_foreign_releases",
            "reserve", "settle"]

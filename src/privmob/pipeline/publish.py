@@ -1,7 +1,7 @@
 """Stage 10 — publish: a release folder with its reports, written and signed as one.
 
-This sits above both :mod:`privmob.release` (the data files, written atomically by
-:meth:`~privmob.release.ReleasedTable.write`) and :mod:`privmob.report` (the pictures), so
+This sits above both :mod:`privmob.release.table` (the data files, written atomically by
+:meth:`~privmob.release.table.ReleasedTable.write`) and :mod:`privmob.report` (the pictures), so
 neither imports the other: the heatmaps and the offline HTML page are drawn here into the
 folder being written, before the manifest lists every file's digest and the signature
 covers them — the pictures people forward are signed with the numbers.
@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from privmob.release import ReleasedTable
+from privmob.release.table import ReleasedTable
 
 __all__ = ["draw_reports", "publish"]
 

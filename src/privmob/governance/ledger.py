@@ -40,14 +40,14 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from privmob.accountant import PrivacyCost, exact
-from privmob.audit import AuditLog
 from privmob.errors import (
     BudgetExceededError,
     ConfigError,
     LedgerIntegrityError,
     ReleaseExistsError,
 )
+from privmob.governance.audit import AuditLog
+from privmob.privacy.accountant import PrivacyCost, exact
 
 __all__ = ["Budget", "Charge", "Declared", "Ledger", "SpentRow", "bind_dataset", "budget_from",
            "foreign_releases"]
@@ -204,7 +204,7 @@ class SpentRow:
         spent = self.spent + self.pending
         if spent == 0:
             return 0.0
-        from privmob.mechanism import rho_to_epsilon
+        from privmob.privacy.mechanism import rho_to_epsilon
 
         return rho_to_epsilon(float(spent), float(self.delta_limit))
 

@@ -13,7 +13,7 @@ Why this module exists: it makes the case for the rest of the package in numbers
   home at night, a workplace by day, one geotagged post — already single out most
   people, anyone who knows those few points about someone can find their pseudonym and
   then read the rest of the trace. Unicity is exactly the chance that this works.
-- **Released tables carry no person-level rows.** A :class:`~privmob.release.ReleasedTable`
+- **Released tables carry no person-level rows.** A :class:`~privmob.release.table.ReleasedTable`
   holds one row per (cell, window) key with a noisy *count of distinct persons*, never a
   row, id, pseudonym or trace of anyone; each person changes at most ``k·w`` counts by
   one, and the noise makes that change deniable (ε-DP, see README "privacy model"). So
@@ -24,7 +24,7 @@ Why this module exists: it makes the case for the rest of the package in numbers
 
 The sampling here is *evaluation* sampling (which points an attacker is assumed to know),
 not privacy noise: it uses a seeded :func:`numpy.random.default_rng` so a measurement can
-be repeated exactly. Privacy noise is drawn only in :mod:`privmob.mechanism`.
+be repeated exactly. Privacy noise is drawn only in :mod:`privmob.privacy.mechanism`.
 """
 
 from __future__ import annotations
@@ -37,9 +37,9 @@ import numpy as np
 import numpy.typing as npt
 import polars as pl
 
-from privmob import index, ingest
 from privmob.config import GridConfig
 from privmob.errors import ConfigError, InputError
+from privmob.stages import index, ingest
 
 __all__ = ["unicity"]
 
@@ -72,9 +72,9 @@ def unicity(
     ----------
     pings
         Raw or pseudonymised pings (a frame, a CSV / Parquet path or a
-        :func:`~privmob.ingest.read_pings` handle) with ``person_id``, ``ts``, ``lat``,
+        :func:`~privmob.stages.ingest.read_pings` handle) with ``person_id``, ``ts``, ``lat``,
         ``lng``; a ``group`` column is optional and ignored. Rows failing validation
-        (see :func:`privmob.ingest.validate`) are left out.
+        (see :func:`privmob.stages.ingest.validate`) are left out.
     resolution, window
         H3 resolution and window length, as in ``[grid]``.
     points

@@ -1,11 +1,11 @@
 """Stages 1–9 on data, once: the exact pass, the input checks, every table noised.
 
-:meth:`privmob.plan.Plan.release` charges the budget around this run; here the pings are read
+:meth:`privmob.pipeline.plan.Plan.release` charges the budget around this run; here the pings are read
 by a backend (ingest → scope → pseudonymise → index → bound → aggregate, exact and private),
 the input is checked (no rows, identifiers in a kept column, bad rows, nothing usable), each
-table of the plan goes through :func:`privmob.noising.noise_table` (occupancy, its parent
-levels, flows after :func:`privmob.flows.exact_flows`), and the two accounts of the result
-are made (:mod:`privmob.manifest`). Only the :class:`~privmob.release.ReleasedTable` leaves.
+table of the plan goes through :func:`privmob.privacy.noising.noise_table` (occupancy, its parent
+levels, flows after :func:`privmob.movement.flows.exact_flows`), and the two accounts of the result
+are made (:mod:`privmob.release.manifest`). Only the :class:`~privmob.release.table.ReleasedTable` leaves.
 """
 
 from __future__ import annotations
@@ -20,21 +20,23 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from privmob import manifest, noising, pii
 from privmob.backends import get_backend
 from privmob.config import JobConfig
 from privmob.errors import InputError, PrivmobError
-from privmob.flows import exact_flows, unit_coordinates
-from privmob.ingest import BAD_REASONS, Pings, read_pings
-from privmob.manifest import KEPT_COLUMNS
-from privmob.pseudonymise import Pseudonymiser
-from privmob.release import ReleasedTable, cell_table, flows_table
-from privmob.scope import OK, no_usable_rows
-from privmob.signing import SIGNATURE_FILE, fingerprint
-from privmob.store import WorkingStore
+from privmob.governance.signing import SIGNATURE_FILE, fingerprint
+from privmob.governance.store import WorkingStore
+from privmob.movement.flows import exact_flows, unit_coordinates
+from privmob.privacy import noising
+from privmob.release import manifest
+from privmob.release.manifest import KEPT_COLUMNS
+from privmob.release.table import ReleasedTable, cell_table, flows_table
+from privmob.stages import pii
+from privmob.stages.ingest import BAD_REASONS, Pings, read_pings
+from privmob.stages.pseudonymise import Pseudonymiser
+from privmob.stages.scope import OK, no_usable_rows
 
 if TYPE_CHECKING:
-    from privmob.plan import Plan
+    from privmob.pipeline.plan import Plan
 
 __all__ = ["as_source", "compute", "store_positions"]
 
@@ -65,7 +67,7 @@ def compute(plan: Plan, pings: Any, release_id: str, pseudonymiser: Pseudonymise
             backend: str | None, signer: Any,
             step: Callable[[str], None] = lambda _s: None) -> ReleasedTable:
     """Run the job on ``pings`` once: exact counts on the backend, the input checks, every
-    table of ``plan.specs`` through :func:`~privmob.noising.noise_table`, the manifest and the
+    table of ``plan.specs`` through :func:`~privmob.privacy.noising.noise_table`, the manifest and the
     operator record. Charges nothing itself: :meth:`Plan.release` does, around this run."""
     cfg = plan.config
     timings: dict[str, float] = {}

@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
-from privmob import ingest
 from privmob.errors import SchemaError
+from privmob.stages import ingest
 
 if TYPE_CHECKING:
     from privmob.config import JobConfig

@@ -1,11 +1,13 @@
 """The release plan: everything decided before any data is read, and the run that follows.
 
-``plan(config)`` fixes every released table (:mod:`privmob.tablespec`: keys, sensitivity,
-OpenDP noise, threshold, cost — the budget split) and can ``explain()`` all of it while
-spending nothing. ``Plan.release(pings)`` charges the ledger (:mod:`privmob.charging`), runs
-the pipeline once (:mod:`privmob.run`: every table through :func:`privmob.noising.noise_table`,
-the manifest and operator record of :mod:`privmob.manifest`) and publishes the folder
-(:mod:`privmob.publish`). It returns the only public result type, :class:`ReleasedTable`.
+``plan(config)`` fixes every released table (:mod:`privmob.privacy.tablespec`: keys,
+sensitivity, OpenDP noise, threshold, cost — the budget split) and can ``explain()`` all of
+it while spending nothing. ``Plan.release(pings)`` charges the ledger
+(:mod:`privmob.pipeline.charging`), runs the pipeline once (:mod:`privmob.pipeline.run`:
+every table through :func:`privmob.privacy.noising.noise_table`, the manifest and operator
+record of :mod:`privmob.release.manifest`) and publishes the folder
+(:mod:`privmob.pipeline.publish`). It returns the only public result type,
+:class:`ReleasedTable`.
 """
 
 from __future__ import annotations
@@ -22,24 +24,24 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from privmob import charging, run
-from privmob._version import __version__
-from privmob.accountant import PrivacyCost
-from privmob.audit import AuditLog
 from privmob.config import BudgetConfig, JobConfig
 from privmob.errors import ConfigError, PrivmobError
-from privmob.flows import Units, load_units
-from privmob.ingest import Pings, read_pings
-from privmob.keys import Boundary, load_boundary
-from privmob.ledger import Budget, Ledger, bind_dataset, budget_from
-from privmob.manifest import bind_to_ledger
-from privmob.mechanism import NoiseModel, Sensitivity
-from privmob.pseudonymise import Pseudonymiser, check_job_keys, load_key
-from privmob.publish import publish
-from privmob.release import ReleasedTable
-from privmob.signing import load_private_key
-from privmob.store import WorkingStore
-from privmob.tablespec import TableSpecs, table_specs
+from privmob.governance.audit import AuditLog
+from privmob.governance.ledger import Budget, Ledger, bind_dataset, budget_from
+from privmob.governance.signing import load_private_key
+from privmob.governance.store import WorkingStore
+from privmob.movement.flows import Units, load_units
+from privmob.pipeline import charging, run
+from privmob.pipeline.explain import explain
+from privmob.pipeline.publish import publish
+from privmob.privacy.accountant import PrivacyCost
+from privmob.privacy.keys import Boundary, load_boundary
+from privmob.privacy.mechanism import NoiseModel, Sensitivity
+from privmob.privacy.tablespec import TableSpecs, table_specs
+from privmob.release.manifest import bind_to_ledger
+from privmob.release.table import ReleasedTable
+from privmob.stages.ingest import Pings, read_pings
+from privmob.stages.pseudonymise import Pseudonymiser, check_job_keys, load_key
 
 __all__ = ["Plan", "plan", "release_flows"]
 
@@ -183,84 +185,7 @@ class Plan:
 
     def explain(self) -> str:
         """What the release will do and what its numbers can bear. Spends nothing."""
-        s, cfg = self.summary(), self.config
-        p = cfg.privacy
-        occ = self.specs.occupancy.cost
-        lines = [
-            f"privmob {__version__} — release plan for {cfg.dataset!r}, period {self.key_period} "
-            f"({cfg.job.timezone})",
-            f"  purpose {cfg.job.purpose!r}, operator {cfg.job.operator!r}",
-            "  stages: " + " → ".join(self.stages),
-            f"  scope: key groups {', '.join(cfg.scope.groups)}"
-            + (f" (whole input assumed {cfg.scope.assume_group!r})" if cfg.scope.assume_group else ""),
-            f"  grid: H3 resolution {cfg.grid.resolution}, {cfg.n_windows} windows of "
-            f"{cfg.grid.window}",
-            f"  bounding: ≤ {p.max_cells_per_window} cell(s) per window, ≤ "
-            f"{self.sensitivity.windows} window(s) per person → L1 = {s['sensitivity_l1']}, "
-            f"L2 = {s['sensitivity_l2']:.3f}",
-        ]
-        if self.noise.mechanism == "laplace":
-            lines.append(
-                f"  mechanism: discrete Laplace (OpenDP), scale {s['noise_scale']:.4g}, "
-                + ("pure " if self.public_keys else "")
-                + f"ε = {float(occ.epsilon):g}"
-            )
-        else:
-            lines.append(
-                f"  mechanism: discrete Gaussian (OpenDP), σ = {s['noise_scale']:.4g}, ρ = "
-                f"{float(occ.rho or 0):.6g} (zCDP) ⇒ (ε = {float(occ.epsilon):g}, "
-                f"δ = {float(occ.delta):.3g})"
-            )
-        lines.append(
-            f"  error: noise std {s['noise_std']:.1f}; a released count is within "
-            f"±{s['ci95_halfwidth']} of the truth 95% of the time (far above the threshold; "
-            "near it the published intervals are selection-aware and wider)"
-        )
-        if self.public_keys:
-            assert self.boundary is not None
-            lines.append(
-                f"  keys: public — {s['key_cells']:,} cells covering {self.boundary.path.name} × "
-                f"{cfg.n_windows} windows = {s['n_keys']:,} keys, all noised (empty ones too;"
-                " those far below the threshold by exact sparse sampling, ADR 0005)"
-            )
-        else:
-            lines.append(
-                f"  keys: data-dependent, selected by OpenDP's noise threshold "
-                f"(δ = {self.threshold_delta:.3g} spent on selection)"
-            )
-        spur = s["spurious_rate"]
-        lines.append(
-            f"  suppression: publish noisy counts ≥ {s['release_threshold']} "
-            f"(min_count {p.min_count}; noise alone passes an empty key with p = {spur:.2e}"
-            + (f", ≈ {s['expected_spurious_cells']:.1f} spurious cells expected)"
-               if s["expected_spurious_cells"] is not None else ")")
-        )
-        lines.append(
-            f"  detectability: a cell with {s['count_released_50pct']} persons is published "
-            f"half the time; with {s['count_released_95pct']} persons, 95% of the time"
-        )
-        fc, fspec = cfg.flows, self.specs.flows
-        if fc is not None and fspec is not None:
-            fnoise = fspec.noise
-            units = "districts" if fc.units == "boundary" else f"H3 res-{fc.resolution} cells"
-            lines.append(
-                f"  flows: trips between stays (≥ {fc.stay_min_duration} within {fc.stay_radius_m:g} m) "
-                f"by {units}, {fc.window} windows; ≤ {fc.max_trips_per_window} trip(s) per window, "
-                f"≤ {fnoise.sensitivity.windows} window(s) per person; {fnoise.mechanism} noise std "
-                f"{fnoise.std:.1f} (±{fnoise.ci_halfwidth(0.95)} at 95%); publish ≥ {fspec.threshold}; "
-                f"ε = {fc.epsilon:g} of the total"
-            )
-        lines.append(
-            f"  budget: this release spends ε = {s['epsilon']:g}, δ = {s['delta']:.3g}"
-            + (f", ρ = {s['rho']:.6g}" if s["rho"] is not None else "")
-        )
-        b = self.budget_config()
-        lines.append(
-            f"  ledger: charges {b.ledger}"
-            + ("" if cfg.budget is not None else " (no [budget]: the default ledger, $PRIVMOB_LEDGER)")
-            + f"; caps {self.budget().describe()} per day bind once declared there"
-        )
-        return "\n".join(lines)
+        return explain(self)
 
     # -- running it ----------------------------------------------------------------------
     @property
@@ -320,15 +245,15 @@ class Plan:
                 progress: Callable[[str], None] | None = None) -> ReleasedTable:
         """Run the job on ``pings`` (a path, a frame or :func:`read_pings` handle).
 
-        Every release is charged (:mod:`privmob.charging`): the ledger (``[budget]``, else the
+        Every release is charged (:mod:`privmob.pipeline.charging`): the ledger (``[budget]``, else the
         default one, :meth:`budget_config`) is checked first — a broken audit chain, a charge
         refunded outside the log, a deleted or replaced ledger is refused
         (:class:`~privmob.errors.LedgerIntegrityError`); the cost is reserved *before* any
         data is read (over budget: :class:`BudgetExceededError`) against the dataset and caps
-        declared in the ledger (:func:`privmob.ledger.bind_dataset`), committed when the
+        declared in the ledger (:func:`privmob.governance.ledger.bind_dataset`), committed when the
         release is out and returned if the run fails first; every outcome is audited, and the
         manifest carries the reservation's audit entry (``ledger``). With ``write_to`` the
-        release is published (:func:`privmob.publish.publish`: atomically, with its reports,
+        release is published (:func:`privmob.pipeline.publish.publish`: atomically, with its reports,
         signed if ``[job] signing_key`` is set) before the commit, so a failed write spends
         nothing; the operator record (exact figures) goes 0600 under ``records/`` beside the
         ledger. With ``[store]`` (and ``store``) the period's pseudonymised positions are kept,

@@ -1,7 +1,7 @@
 """Origin–destination flows: where key-group persons went, under the same guarantee.
 
 Occupancy shows where people are; an epidemiologist next asks where they went. Trips run
-between consecutive stays (:mod:`privmob.stays`), so GPS jitter and pass-through cells do
+between consecutive stays (:mod:`privmob.movement.stays`), so GPS jitter and pass-through cells do
 not count as movement. Each trip is mapped to an origin and a destination *unit* — an H3
 cell at the flows resolution, or a polygon of a boundary layer (districts) — and to the
 window in which it departs.
@@ -11,7 +11,7 @@ in a window (the longest ones, ties by a keyed value) and at most ``max_windows`
 (those with most trips). A person then changes at most k·w (origin, destination, window)
 counts by one, so L1 = k·w and L2 = √(k·w), exactly as for cells. This module stops at the
 exact, bounded counts (:class:`ExactFlows`); the flows table is then noised, thresholded and
-suppressed by the same path as every table (:mod:`privmob.tablespec`, :mod:`privmob.noising`).
+suppressed by the same path as every table (:mod:`privmob.privacy.tablespec`, :mod:`privmob.privacy.noising`).
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ import numpy.typing as npt
 import polars as pl
 import polars_h3 as plh3
 
-from privmob.bound import BoundingStats
 from privmob.config import FlowsConfig, JobConfig
 from privmob.errors import BoundaryError
+from privmob.stages.bound import BoundingStats
 
 __all__ = ["ExactFlows", "Units", "exact_flows", "load_units", "n_windows", "unit_coordinates"]
 
@@ -89,7 +89,7 @@ def load_units(path: Path, prop: str, crs: str = "wgs84") -> Units:
         names.append(str(value))
         geom = make_valid(union_all(parts))
         if crs != "wgs84":
-            from privmob.crs import geometry_to_wgs84
+            from privmob.stages.crs import geometry_to_wgs84
 
             geom = make_valid(geometry_to_wgs84(geom, crs))  # type: ignore[arg-type]
         geoms.append(geom)
@@ -100,7 +100,7 @@ def load_units(path: Path, prop: str, crs: str = "wgs84") -> Units:
 
 @dataclass(frozen=True, eq=False)
 class ExactFlows:
-    """The exact, bounded OD counts (private, like :class:`~privmob.aggregate.ExactCounts`)."""
+    """The exact, bounded OD counts (private, like :class:`~privmob.stages.aggregate.ExactCounts`)."""
 
     counts: pl.DataFrame  # origin (str), destination (str), window (Int32), count (Int64)
     persons: int
@@ -115,7 +115,7 @@ class ExactFlows:
 def exact_flows(trip_frame: pl.DataFrame, config: JobConfig, units: Units | None) -> ExactFlows:
     """Trips → units → bounded distinct persons per (origin, destination, window).
 
-    ``trip_frame`` holds each person's trips (:data:`privmob.stays.TRIP_SCHEMA`, keyed
+    ``trip_frame`` holds each person's trips (:data:`privmob.movement.stays.TRIP_SCHEMA`, keyed
     pseudonyms), as :meth:`privmob.backends.Backend.trips` finds them on the engine.
     """
     fc = config.flows

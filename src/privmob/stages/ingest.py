@@ -228,7 +228,7 @@ def _is_known_column(name: str) -> bool:
 
     When none does, the first row is probably data: the message asks about a header row.
     """
-    from privmob.pii import IDENTIFIER_NAMES
+    from privmob.stages.pii import IDENTIFIER_NAMES
 
     key = name.strip().lower()
     aliases = {a for values in _HINTS.values() for a in values}

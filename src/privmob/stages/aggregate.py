@@ -7,7 +7,7 @@ Coarser levels count distinct persons per (parent cell, window) from the same bo
 rows — never by summing child counts: a person with k kept cells under one parent would
 then add k to that parent key, while the noise is calibrated for a change of at most 1
 per key (L∞ = 1, L2 = √(k·w)). Counted distinct, a person still touches at most k keys
-per window by 1 each, so the fine level's :class:`~privmob.mechanism.Sensitivity` holds.
+per window by 1 each, so the fine level's :class:`~privmob.privacy.mechanism.Sensitivity` holds.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
-from privmob.bound import BoundingStats
+from privmob.stages.bound import BoundingStats
 
 __all__ = ["ExactCounts", "cell_counts", "level_counts", "parent_bits"]
 
@@ -51,7 +51,7 @@ def level_counts(bounded: pl.DataFrame, resolutions: Sequence[int]) -> dict[int,
     Parameters
     ----------
     bounded
-        Columns ``pid``, ``window`` (Int32), ``cell`` (UInt64): after :func:`privmob.bound.bound`.
+        Columns ``pid``, ``window`` (Int32), ``cell`` (UInt64): after :func:`privmob.stages.bound.bound`.
     resolutions
         Parent resolutions, each coarser than the cells'.
 
@@ -77,7 +77,7 @@ class ExactCounts:
     """The exact, bounded aggregate a backend hands to the release path.
 
     Private: it holds true counts. No public function returns it and it is never
-    written; only the noisy, suppressed :class:`~privmob.release.ReleasedTable` leaves.
+    written; only the noisy, suppressed :class:`~privmob.release.table.ReleasedTable` leaves.
     """
 
     counts: pl.DataFrame
@@ -85,7 +85,7 @@ class ExactCounts:
     rows_by_status: dict[str, int]
     persons: int
     bounding: BoundingStats
-    #: PII findings per input column: {column: {kind: rows}} (kinds from privmob.pii).
+    #: PII findings per input column: {column: {kind: rows}} (kinds from privmob.stages.pii).
     pii: dict[str, dict[str, int]] = field(default_factory=dict)
     #: Extra input columns (never read into the pipeline) that are identifiers by name.
     identifier_names: tuple[str, ...] = ()
@@ -93,7 +93,7 @@ class ExactCounts:
     #: bounded rows (:func:`level_counts`), never summed child counts.
     levels: dict[int, pl.DataFrame] = field(default_factory=dict)
     #: Rows dropped as out of scope per normalised group value: only values that look like
-    #: a group label (:func:`privmob.scope.out_of_scope_by_group`); the rest are summed under
+    #: a group label (:func:`privmob.stages.scope.out_of_scope_by_group`); the rest are summed under
     #: ``"(other)"`` with their number of distinct values under ``"(other values)"``.
     out_of_scope_by_group: dict[str, int] = field(default_factory=dict)
     #: Out-of-period rows whose time, read as epoch milliseconds, falls in the period: a
