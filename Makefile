@@ -26,7 +26,9 @@ $(DEV_STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-dev-* $(VENV)/.installed-base-*
 	touch $@ $(BASE_STAMP)
 
-# The demo needs only the base install (no forecasting, evaluation, GDAL or Spark extras).
+# The demo needs only the base install (no report, forecasting, evaluation, GDAL or Spark
+# extras): without [report] it writes the signed release and says that
+# `pip install 'privmob[report]'` adds its heatmaps and HTML report.
 demo: $(BASE_STAMP)
 	$(BIN)/privmob demo --out out/demo
 

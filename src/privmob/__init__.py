@@ -10,9 +10,9 @@ how it was made. See README.md for the privacy model.
 privmob ... release plan for 'dataframe', period 2026-11-26 (Asia/Shanghai)
 """
 
+from typing import TYPE_CHECKING
+
 from privmob._version import __version__
-from privmob.analysis.evaluate import evaluate
-from privmob.analysis.forecast import Forecast, forecast
 from privmob.config import (
     BudgetConfig,
     FlowsConfig,
@@ -42,14 +42,32 @@ from privmob.privacy.accountant import PrivacyCost
 from privmob.release.table import ReleasedTable
 from privmob.stages.ingest import Pings, read_pings
 
+if TYPE_CHECKING:  # bound on first use by __getattr__ below
+    from privmob.analysis.evaluate import evaluate
+    from privmob.analysis.forecast import Forecast, forecast
+
+#: Names bound on first use (name → module holding it): the analysis tools are not needed
+#: to release, and ``privmob.report`` pulls in Matplotlib and fonts (the [report] extra).
+_LAZY = {"evaluate": "privmob.analysis.evaluate", "forecast": "privmob.analysis.forecast",
+         "Forecast": "privmob.analysis.forecast"}
+
 
 def __getattr__(name: str) -> object:
-    """``privmob.report`` is imported on first use: it pulls in Matplotlib and fonts."""
-    if name == "report":
-        import importlib
+    """Import what a lazy name needs on first use; ``privmob.report`` is the subpackage."""
+    import importlib
 
+    if name == "report":
         return importlib.import_module("privmob.report")
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
     raise AttributeError(f"module 'privmob' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    # Not "report": dir() feeds help() and completions, which must not need the [report] extra.
+    return sorted({*globals(), *_LAZY})
 
 
 __all__ = [

@@ -28,10 +28,13 @@ from privmob.errors import ConfigError, KeyFileError, PrivmobError
 from privmob.governance.ledger import Budget, Ledger
 from privmob.pipeline.plan import Plan
 from privmob.pipeline.plan import plan as make_plan
+from privmob.pipeline.publish import check_reports, reports_installed
 
 __all__ = ["app", "main"]
 
 EXIT_INTERNAL = 4
+#: How the pictures (heatmaps, HTML report) are installed; the demo names it when they are missing.
+REPORT_INSTALL = "pip install 'privmob[report]'"
 
 app = typer.Typer(
     name="privmob",
@@ -214,6 +217,7 @@ def run(
         _dry_run(p, from_store)
         return
     out = _output_dir(cfg)
+    check_reports(out, cfg.job.reports)  # before --from-store reads the working store
     if force and out.exists():
         out = _next_free(out)
     reporter = _Reporter(log_format, quiet)
@@ -287,6 +291,7 @@ def _dry_run(p: Plan, from_store: bool) -> None:
 
     cfg = p.config
     _out.print(p.explain(), markup=False)
+    check_reports(cfg.job.output, cfg.job.reports)  # refused as the run would be: no [report] extra
     load_key(cfg.job.key_file, cfg.job.key_env)
     lines = ["dry run — nothing read beyond the input's schema, nothing charged:",
              "  pseudonymisation key: ok"]
@@ -334,10 +339,14 @@ def demo(
     """Run the whole path on the bundled synthetic Beijing sample.
 
     OUT must be new, empty, or hold an earlier demo release (which is replaced); any
-    other folder is left alone and the demo refuses.
+    other folder is left alone and the demo refuses. Without the [report] extra the
+    release is written without its heatmaps and HTML report, and the demo says so.
     """
     samples = samples_dir()
     cfg = JobConfig.from_toml(samples / "demo.toml")
+    drawn = reports_installed()
+    if not drawn:  # a plain `pip install privmob`: the release, without its pictures
+        cfg = cfg.with_overrides(job__reports=False)
     _check_demo_target(out, cfg.dataset)
     out.parent.mkdir(parents=True, exist_ok=True)
     # A fresh hidden staging folder beside OUT: nothing that exists is ever reused or wiped.
@@ -378,6 +387,9 @@ def demo(
     _out.print(f"written to {out}:", markup=False)
     for name in sorted(p.name for p in out.iterdir()):
         _out.print(f"  {out / name}", markup=False)
+    if not drawn:
+        _out.print(f"reports skipped: the heatmaps and the HTML report need the [report] extra; "
+                   f"install it with `{REPORT_INSTALL}` and run the demo again", markup=False)
 
 
 def _check_demo_target(out: Path, dataset: str) -> None:
@@ -483,6 +495,7 @@ def report(
     """Draw heatmaps (PNG, PDF) and the offline HTML report from an existing release.
 
     The pictures go to a folder of their own: the release folder stays exactly as signed.
+    Needs the [report] extra (exit 2 without it).
     """
     from privmob.report import heatmap, small_multiples
     from privmob.report.html import write_html_report

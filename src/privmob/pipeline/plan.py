@@ -33,7 +33,7 @@ from privmob.governance.store import WorkingStore
 from privmob.movement.flows import Units, load_units
 from privmob.pipeline import charging, run
 from privmob.pipeline.explain import explain
-from privmob.pipeline.publish import publish
+from privmob.pipeline.publish import check_reports, publish
 from privmob.privacy.accountant import PrivacyCost
 from privmob.privacy.keys import Boundary, load_boundary
 from privmob.privacy.mechanism import NoiseModel, Sensitivity
@@ -262,6 +262,7 @@ class Plan:
         On bad configuration, input or budget a :class:`~privmob.errors.PrivmobError` is
         raised and nothing is released.
         """
+        check_reports(write_to, self.config.job.reports)  # no [report] extra: refuse before the ledger
         cfg = self.config
         step = progress or (lambda _stage: None)
         release_id = str(uuid.uuid4())
