@@ -14,11 +14,18 @@ On synthetic Beijing data (``privmob.synth``; the truth is known), with the publ
    (ETS) and with the seasonal-naive baseline, and both are scored against day 7's bounded
    truth and against day 7's own release.
 
+3. **Adaptive** (``--adaptive-persons N``, issue 12; off by default). The same day released
+   with only ε, the boundary and ``[job] expected_persons = N`` set — plan() then picks the
+   window, the PrivTree partition, ``max_pairs`` and the mechanism — ``--adaptive-runs``
+   times (fresh noise), next to the fixed res 6 / 3 h release, each scored at its own
+   granularity (the partition's leaves) against the unbounded and the bounded truth.
+
 Prints markdown tables (the ones in docs/utility.md) and saves them as JSON under
 benchmarks/results/. Data is generated once into benchmarks/data/ (git-ignored).
 
     python benchmarks/bench_utility.py                 # everything, 20k persons
     python benchmarks/bench_utility.py --skip-forecast --resolutions 7
+    python benchmarks/bench_utility.py --skip-sweep --skip-forecast --adaptive-persons 20000
 """
 
 from __future__ import annotations
@@ -218,6 +225,140 @@ def skill_table(s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# -- 3. adaptive releases (issue 12) --------------------------------------------------------
+def adaptive_job(expected_persons: int, epsilon: float) -> pm.JobConfig:
+    """Only ε, the boundary and the declared population: plan() chooses the rest."""
+    return pm.JobConfig.from_dict({
+        "job": {"operator": "bench-utility", "dataset": "synthetic-beijing",
+                "period": START.isoformat(), "expected_persons": expected_persons},
+        "grid": {"boundary": str(BOUNDARY)},
+        "privacy": {"epsilon": epsilon},
+    })
+
+
+def _as_truth(counts: pl.DataFrame, config: pm.JobConfig) -> pl.DataFrame:
+    """``cell`` (UInt64), ``window`` (index), ``count`` → evaluate()'s cell / window_start / count."""
+    import polars_h3 as plh3
+
+    start_us = int(config.period_start.timestamp()) * 1_000_000
+    step_us = config.grid.window_seconds * 1_000_000
+    return counts.select(
+        plh3.int_to_str("cell").alias("cell"),
+        (pl.lit(start_us) + pl.col("window").cast(pl.Int64) * step_us)
+        .cast(pl.Datetime("us")).dt.replace_time_zone("UTC").alias("window_start"),
+        pl.col("count").cast(pl.Int64))
+
+
+def leaf_truth(pings: Path, plan: pm.Plan, leaves: np.ndarray, *, bounded: bool) -> pl.DataFrame:
+    """Exact persons per (leaf, window) of an adaptive release — for simulations only.
+
+    Unbounded: distinct persons whose pings fall under each leaf in the window. Bounded:
+    the engine's own exact counts with the release's partition handed back (same
+    pseudonyms, cap and tie-breaks), i.e. what the mechanism noised.
+    """
+    from privmob.backends import PolarsBackend
+    from privmob.stages import index, scope
+    from privmob.stages.hierarchy import parent
+    from privmob.stages.pseudonymise import Pseudonymiser, load_key
+
+    cfg, engine = plan.config, PolarsBackend()
+    if bounded:
+        pseud = Pseudonymiser(load_key(cfg.job.key_file, cfg.job.key_env), plan.linkage_label)
+        counts = engine.exact_cells(pings, cfg, pseud, plan.key_cells,
+                                    partition=lambda _tree: leaves).counts
+        return _as_truth(counts, cfg)
+    start = int(cfg.period_start.timestamp())
+    fine = (engine.validated(pings, cfg).filter(pl.col("status") == scope.OK)
+            .select("person_id", index.window(start, cfg.grid.window_seconds).alias("window"),
+                    index.cell(cfg.grid.resolution).alias("cell"))
+            .unique().collect(engine="streaming"))
+    leaf = pl.DataFrame({"cell": pl.Series(leaves, dtype=pl.UInt64)}).with_columns(
+        res=(pl.col("cell") // (1 << 52) % 16).cast(pl.Int8))
+    parts = [fine.with_columns(parent("cell", r).alias("cell"))
+             .join(leaf.filter(pl.col("res") == r).select("cell"), on="cell", how="semi")
+             for r in leaf["res"].unique().to_list()]
+    counts = (pl.concat(parts).group_by("cell", "window")
+              .agg(pl.col("person_id").n_unique().cast(pl.Int64).alias("count")))
+    return _as_truth(counts, cfg)
+
+
+def _score(release: pm.ReleasedTable, unbounded: pl.DataFrame, bounded: pl.DataFrame,
+           k: int) -> dict[str, Any]:
+    m_u, m_b = evaluate(release, unbounded, k=k), evaluate(release, bounded, k=k)
+    big = unbounded.filter(pl.col("count") >= 20)
+    hit = big.join(release.table.select("cell", "window_start"), on=["cell", "window_start"],
+                   how="semi").height
+    kept, total = int(bounded["count"].sum()), int(unbounded["count"].sum())
+    return {
+        "released": int(m_u["released"]), "true_keys_ge20": big.height,
+        "recall@20": hit / big.height if big.height else math.nan,
+        **{name: m_u[name] for name in ("spurious_rate", "median_relative_error", "emd_km",
+                                        "jsd", "suppressed_mass_share", "topk_recall")},
+        "median_relative_error_bounded": m_b["median_relative_error"],
+        "bounding_loss": 1 - kept / total if total else math.nan,
+    }
+
+
+def adaptive_compare(day0: Path, expected_persons: int, runs: int, k: int) -> list[dict[str, Any]]:
+    """The adaptive release (``runs`` times) next to the fixed res 6 / 3 h one, at ε = 1."""
+    import tempfile
+
+    from privmob.governance.ledger import Ledger, budget_from
+
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="privmob-bench-") as tmp:
+        configs = [("adaptive", adaptive_job(expected_persons, 1.0))] * runs + [("fixed", job(6, "3h", 1.0))]
+        truths: dict[str, tuple[pl.DataFrame, pl.DataFrame]] = {}
+        for run, (kind, cfg) in enumerate(configs):
+            # fresh noise and a fresh ledger per run: the same day is released again
+            os.environ["PRIVMOB_LEDGER"] = str(Path(tmp) / f"ledger-{run}.sqlite")
+            Ledger(Path(os.environ["PRIVMOB_LEDGER"])).declare(
+                cfg.dataset, budget_from(10.0, 1e-5, None), operator="bench-utility",
+                reason="utility benchmark on synthetic data", exist_ok=True)
+            t = time.perf_counter()
+            plan = pm.plan(cfg)
+            release = plan.release(day0)
+            seconds = time.perf_counter() - t
+            man = release.manifest
+            a = man.get("adaptive")
+            if isinstance(a, dict):
+                leaves = np.array([int(c, 16) for c in a["leaf_cells"]], dtype=np.uint64)
+                truth = (leaf_truth(day0, plan, leaves, bounded=False),
+                         leaf_truth(day0, plan, leaves, bounded=True))
+            else:
+                if kind not in truths:
+                    truths[kind] = (truth_counts(day0, cfg, bounded=False),
+                                    truth_counts(day0, cfg, bounded=True))
+                truth = truths[kind]
+            rows.append({
+                "kind": kind, "run": run, "window": man["window"], "mechanism": man.get("mechanism"),
+                "threshold": man["release_threshold"], "noise_std": man["noise_std"],
+                "resolution": man["resolution"],
+                "leaves": a["leaves"] if isinstance(a, dict) else None,
+                "leaves_by_resolution": a["leaves_by_resolution"] if isinstance(a, dict) else None,
+                "split_threshold": a["split_threshold"] if isinstance(a, dict) else None,
+                "max_pairs": a["max_pairs"] if isinstance(a, dict) else None,
+                **_score(release, *truth, k), "release_seconds": round(seconds, 1),
+            })
+            log(json.dumps(rows[-1], default=str))
+    return rows
+
+
+def adaptive_table(rows: list[dict[str, Any]], k: int) -> str:
+    lines = [f"| release | run | window | mechanism | threshold | leaves | θ | max_pairs | released "
+             f"| recall@20 | spurious | MRE (bounded) | EMD km | bounding loss | top-{k} recall |",
+             "|" + "---|" * 15]
+    for r in rows:
+        lines.append(
+            f"| {r['kind']} | {r['run']} | {r['window']} | {r['mechanism']} | {r['threshold']} "
+            f"| {r['leaves'] or '–'} | {r['split_threshold'] or '–'} | {r['max_pairs'] or '–'} "
+            f"| {r['released']:,} | {fmt(r['recall@20'], '.2f')} | {fmt(r['spurious_rate'], '.2%')} "
+            f"| {fmt(r['median_relative_error'], '.3f')} ({fmt(r['median_relative_error_bounded'], '.3f')}) "
+            f"| {fmt(r['emd_km'], '.2f')} | {fmt(r['bounding_loss'], '.1%')} "
+            f"| {fmt(r['topk_recall'], '.2f')} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--persons", type=int, default=20_000)
@@ -228,6 +369,9 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=10, help="hotspots per window for top-k recall")
     ap.add_argument("--skip-sweep", action="store_true")
     ap.add_argument("--skip-forecast", action="store_true")
+    ap.add_argument("--adaptive-persons", dest="adaptive_persons", type=int,
+                    help="also release day 1 adaptively with [job] expected_persons = N (issue 12)")
+    ap.add_argument("--adaptive-runs", dest="adaptive_runs", type=int, default=3)
     args = ap.parse_args()
     os.environ.setdefault("PRIVMOB_PSEUDONYM_KEY", KEY)
 
@@ -255,6 +399,12 @@ def main() -> None:
         print(f"On cell-windows released on day 7: forecast MAE "
               f"{fmt(skill['forecast_mae_on_released'], '.1f')}, day 7's own release MAE "
               f"{fmt(skill['release7_mae_on_released'], '.1f')}.\n")
+    if args.adaptive_persons:
+        arows = adaptive_compare(days[0], args.adaptive_persons, args.adaptive_runs, args.k)
+        result["adaptive"] = arows
+        print(f"## Adaptive (day 1, ε = 1, expected_persons {args.adaptive_persons:,}; "
+              "vs the unbounded truth at each release's keys, bounded in brackets)\n")
+        print(adaptive_table(arows, args.k) + "\n")
     result["seconds"] = round(time.perf_counter() - t0, 1)
     print(f"total {result['seconds']:.0f} s")
     out = HERE / "results" / f"utility-{args.persons}-s{args.seed}-{result['date']}.json"

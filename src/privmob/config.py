@@ -118,6 +118,11 @@ class JobSection:
     #: Release even when no row is usable (all out of period, scope or boundary): pure
     #: noise that spends budget. Off by default, so a stale or mis-exported day is refused.
     allow_empty: bool = False
+    #: How many key-group persons the operator expects in one period: a public figure
+    #: (case-management totals), never read from the data. With a boundary, plan() picks
+    #: the window, the adaptive partition and the mechanism from it for every setting the
+    #: job leaves out (privmob.pipeline.defaults; explain() says what and why).
+    expected_persons: int | None = None
 
     def __post_init__(self) -> None:
         _check_crs("[job] crs", self.crs)
@@ -153,6 +158,10 @@ class JobSection:
         if not self.marking.strip():
             raise ConfigError("[job] marking must not be empty: internal information is marked")
         check_output_template(self.output)
+        if self.expected_persons is not None and (
+                not isinstance(self.expected_persons, int) or isinstance(self.expected_persons, bool)
+                or not 1 <= self.expected_persons <= 10**9):
+            raise ConfigError("[job] expected_persons must be a whole number of persons from 1 to 10⁹")
 
     @property
     def tz(self) -> zoneinfo.ZoneInfo:
@@ -246,6 +255,49 @@ class GridConfig:
     @property
     def window_seconds(self) -> int:
         return parse_duration(self.window)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdaptiveConfig:
+    """Adaptive resolution: a PrivTree partition of the boundary over the H3 hierarchy.
+
+    With an ``[adaptive]`` section, occupancy is released on cells of mixed resolution:
+    the boundary's cells at ``min_resolution`` are split into their seven children, level
+    by level down to ``[grid] resolution``, only where the (noisy, biased) number of
+    persons supports it (Zhang et al., SIGMOD 2016; docs/adr/0007). Dense areas come out
+    fine, sparse ones coarse, so a small key group still yields counts the noise does not
+    drown. ``tree_share`` of ``[privacy] epsilon`` pays for the partition (pure ε, whatever
+    its depth); the rest pays for the counts, where each person contributes at most
+    ``max_pairs`` (cell, window) pairs per period (their longest stays), so L1 = max_pairs.
+    The threshold keeps the expected number of spurious cells in the whole table at or
+    below ``max_spurious_cells``.
+    """
+
+    min_resolution: int = 4
+    tree_share: float = 0.15
+    cells_per_person: int = 1
+    #: PrivTree's θ: a cell is split when its biased noisy count exceeds it; 0 = automatic
+    #: (2.5 × the fanout × the release threshold: the seven children of a split cell then
+    #: hold, on average, counts the release can publish; privmob.privacy.tablespec).
+    split_threshold: int = 0
+    max_pairs: int = 6
+    max_spurious_cells: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.min_resolution, int) or isinstance(self.min_resolution, bool) \
+                or not 0 <= self.min_resolution <= 15:
+            raise ConfigError("[adaptive] min_resolution must be an H3 resolution from 0 to 15")
+        if not _finite_positive(self.tree_share) or not self.tree_share < 1:
+            raise ConfigError("[adaptive] tree_share must be a number in (0, 1): the share of "
+                              "epsilon spent on the partition (e.g. 0.15)")
+        if not isinstance(self.cells_per_person, int) or not 1 <= self.cells_per_person <= 64:
+            raise ConfigError("[adaptive] cells_per_person must be an integer from 1 to 64")
+        if not isinstance(self.split_threshold, int) or not 0 <= self.split_threshold <= 10**9:
+            raise ConfigError("[adaptive] split_threshold must be an integer ≥ 0 (0 = automatic)")
+        if not isinstance(self.max_pairs, int) or not 1 <= self.max_pairs <= 10_000:
+            raise ConfigError("[adaptive] max_pairs must be an integer from 1 to 10000")
+        if not _finite_positive(self.max_spurious_cells) or self.max_spurious_cells > 1000:
+            raise ConfigError("[adaptive] max_spurious_cells must be a number in (0, 1000]")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -432,8 +484,9 @@ _SECTIONS: dict[str, type[Any]] = {
     "budget": BudgetConfig,
     "store": StoreConfig,
     "flows": FlowsConfig,
+    "adaptive": AdaptiveConfig,
 }
-_OPTIONAL_SECTIONS = {"budget", "store", "flows"}
+_OPTIONAL_SECTIONS = {"budget", "store", "flows", "adaptive"}
 _PATH_FIELDS = {("job", "input"), ("job", "output"), ("job", "key_file"), ("job", "quarantine"),
                 ("job", "signing_key"), ("grid", "boundary"), ("budget", "ledger"),
                 ("budget", "audit_log"), ("store", "path"), ("store", "key_file"),
@@ -458,13 +511,33 @@ class JobConfig:
     budget: BudgetConfig | None = None
     store: StoreConfig | None = None
     flows: FlowsConfig | None = None
+    adaptive: AdaptiveConfig | None = None
     source: Path | None = None
+    #: The settings the job states itself ("grid.window", "adaptive", ...), as opposed to
+    #: defaults: plan() chooses only what is not stated (privmob.pipeline.defaults).
+    given: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if self.store is not None and self.budget is None:
             raise ConfigError(
                 "[store] needs a [budget] section: every store purge goes to its audit log"
             )
+        a = self.adaptive
+        if a is not None:
+            if self.grid.boundary is None:
+                raise ConfigError("[adaptive] needs [grid] boundary: the partition starts from the "
+                                  "boundary's cells, which keeps every released cell public")
+            if a.min_resolution >= self.grid.resolution:
+                raise ConfigError(
+                    f"[adaptive] min_resolution = {a.min_resolution} must be coarser than [grid] "
+                    f"resolution = {self.grid.resolution} (the finest a cell may be split to)")
+            finer = [r for r in self.grid.parent_resolutions if r > a.min_resolution]
+            if finer:
+                raise ConfigError(
+                    f"[grid] parent_resolutions {sorted(finer)} are finer than [adaptive] "
+                    f"min_resolution = {a.min_resolution}: an adaptive release's coarser totals are "
+                    "sums of its leaves, and a leaf may be coarser than those cells. Use parent "
+                    f"resolutions from 0 to {a.min_resolution}, or lower min_resolution")
 
     @classmethod
     def from_toml(cls, path: str | Path) -> JobConfig:
@@ -497,6 +570,8 @@ class JobConfig:
         if "job" not in data:
             raise ConfigError("the [job] section is required (at least operator and period)")
         sections: dict[str, Any] = {}
+        given = {name for name in data} | {f"{name}.{key}" for name, raw in data.items()
+                                            if isinstance(raw, Mapping) for key in raw}
         for name, klass in _SECTIONS.items():
             if name in _OPTIONAL_SECTIONS and name not in data:
                 continue
@@ -510,7 +585,7 @@ class JobConfig:
                 sections[name] = klass(**kwargs)
             except TypeError as exc:  # pragma: no cover - guarded by _reject_unknown
                 raise ConfigError(f"[{name}]: {exc}") from exc
-        return cls(**sections, source=source)
+        return cls(**sections, source=source, given=frozenset(given))
 
     def with_overrides(self, **dotted: Any) -> JobConfig:
         """Return a copy with ``section__field`` values replaced (validated again).
@@ -538,7 +613,8 @@ class JobConfig:
                     raise ConfigError(f"[{section}]: {exc}") from exc
             else:
                 updated[section] = dataclasses.replace(current, **values)
-        return dataclasses.replace(self, **updated)
+        stated = {s for s in changes} | {f"{s}.{n}" for s, v in changes.items() for n in v}
+        return dataclasses.replace(self, **updated, given=self.given | stated)
 
     @property
     def period_start(self) -> dt.datetime:
@@ -671,7 +747,8 @@ def _coerce(section: str, name: str, value: Any, base_dir: Path | None) -> Any:
             raise ConfigError("[grid] boundary_where must be a table, e.g. { adcode = \"110000\" }")
         return {str(k): str(v) for k, v in value.items()}
     if name in ("epsilon", "delta", "rho", "max_spurious_rate", "epsilon_per_day", "delta_per_day",
-                "rho_per_day", "stay_radius_m", "parent_epsilon") and isinstance(value, int) \
+                "rho_per_day", "stay_radius_m", "parent_epsilon", "tree_share",
+                "max_spurious_cells") and isinstance(value, int) \
             and not isinstance(value, bool):
         return float(value)
     if value is None and (section, name) in _OPTIONAL:
@@ -685,8 +762,9 @@ def _coerce(section: str, name: str, value: Any, base_dir: Path | None) -> Any:
     return value
 
 
-_OPTIONAL = {("privacy", "rho"), ("scope", "assume_group"), ("budget", "epsilon_per_day"),
-             ("budget", "rho_per_day"), ("flows", "rho"), ("flows", "min_count")}
+_OPTIONAL = {("job", "expected_persons"), ("privacy", "rho"), ("scope", "assume_group"),
+             ("budget", "epsilon_per_day"), ("budget", "rho_per_day"), ("flows", "rho"),
+             ("flows", "min_count")}
 _FIELD_TYPES: dict[tuple[str, str], type] = {
     ("job", "purpose"): str,
     ("job", "operator"): str,
@@ -712,6 +790,7 @@ _FIELD_TYPES: dict[tuple[str, str], type] = {
     ("job", "reports"): bool,
     ("job", "allow_empty"): bool,
     ("job", "crs"): str,
+    ("job", "expected_persons"): int,
     ("grid", "boundary_crs"): str,
     ("grid", "parent_epsilon"): float,
     ("flows", "boundary_crs"): str,
@@ -731,4 +810,10 @@ _FIELD_TYPES: dict[tuple[str, str], type] = {
     ("budget", "epsilon_per_day"): float,
     ("budget", "delta_per_day"): float,
     ("budget", "rho_per_day"): float,
+    ("adaptive", "min_resolution"): int,
+    ("adaptive", "tree_share"): float,
+    ("adaptive", "cells_per_person"): int,
+    ("adaptive", "split_threshold"): int,
+    ("adaptive", "max_pairs"): int,
+    ("adaptive", "max_spurious_cells"): float,
 }

@@ -587,3 +587,48 @@ def test_chinese_is_drawn_from_the_embedded_font_where_no_chinese_font_is_instal
     without = banner.screenshot()
     assert with_font != without
     page.close()
+
+
+def test_adaptive_release_draws_each_cell_at_its_resolution_in_chromium(browser: Any, tmp_path: Path) -> None:
+    """Cells of res 4, 6 and 8 in one page: coarse drawn first, density colours, resolution on hover."""
+    from tests.unit.test_mixed_resolution import LEAVES, ROWS, mixed_release
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    target = write_html_report(mixed_release(), tmp_path / "adaptive.html", boundary=BOUNDARY)
+    page = browser.new_page(viewport={"width": 1440, "height": 1000}, device_scale_factor=1)
+    console: list[tuple[str, str]] = []
+    page.on("console", lambda msg: console.append((msg.type, msg.text)))
+    page.on("pageerror", lambda exc: console.append(("pageerror", str(exc))))
+    page.goto(target.resolve().as_uri())
+    page.wait_for_selector("html[data-ready='1']", timeout=10_000)
+
+    drawn = page.eval_on_selector_all(
+        "#layer-released path[data-count]",
+        "els => els.map(e => [e.getAttribute('data-cell'), +e.getAttribute('data-res'), "
+        "e.getAttribute('fill')])")
+    assert sorted(c for c, _, _ in drawn) == sorted(c for c, _ in ROWS)
+    resolutions = [r for _, r, _ in drawn]
+    assert resolutions == sorted(resolutions) and set(resolutions) == {4, 6, 8}  # coarse first: fine on top
+    fills = {c: f for c, _, f in drawn}
+    # by density: the big res-4 cell (60 persons over ~1,300 km²) is the darkest, not the brightest
+    assert fills[ROWS[0][0]] == "rgb(68,1,84)"
+    assert page.get_attribute("#withheld-canvas", "data-cells") == str(len(LEAVES))
+    assert "persons per km², log scale" in page.eval_on_selector("#colour-bar", "e => e.textContent")
+    assert page.is_visible("#adaptive-note") and "adaptive" in page.inner_text("#adaptive-note")
+
+    for res in (8, 4):  # hover a fine and the coarse cell: each says its own resolution and area
+        box = page.eval_on_selector_all(
+            f"#layer-released path[data-res='{res}']",
+            """els => { for (const e of els.slice().reverse()) { const r = e.getBoundingClientRect();
+                 const x = r.x + r.width / 2, y = r.y + r.height / 2;
+                 if (document.elementFromPoint(x, y) === e) return [x, y]; } return null; }""")
+        assert box, f"no res-{res} cell can be pointed at"
+        page.mouse.move(box[0], box[1])
+        tip = page.inner_text("#tooltip")
+        assert f"H3 resolution {res} · area ≈" in tip and "persons per km²" in tip
+    page.screenshot(path=str(ARTIFACTS / "html-report-adaptive.png"))
+    assert hover_withheld(page), "no withheld cell found under the pointer"
+    assert "H3 resolution" in page.inner_text("#tooltip")
+    errors = [(kind, text) for kind, text in console if kind in {"error", "pageerror"}]
+    assert errors == [], errors
+    page.close()

@@ -18,12 +18,14 @@ import importlib
 import importlib.util
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 import pytest
+from h3.api import basic_int as h3i
 
 pytest.importorskip("pyspark", reason="PySpark is not installed: pip install 'privmob[spark]'")
 if not (os.environ.get("JAVA_HOME") or shutil.which("java")):
@@ -598,3 +600,134 @@ def test_trips_when_pseudonyms_collide(engines: tuple[PolarsBackend, SparkBacken
     assert expected.height > 0 and set(expected["pid"]) <= set(range(-24, 25))
     got = spark_engine.trips(frame, cfg, colliding)
     assert got.equals(expected)
+
+
+# --- adaptive releases: tree counts, the partition, leaves, pairs ----------------------------
+
+
+class _Recorded:
+    """A deterministic partition standing in for PrivTree, that keeps the tree counts it is
+    handed: from the roots at ``min_res`` (those in the counts) down, a node splits into
+    its seven children iff its exact count is at least ``k``, to ``max_res`` at most; or,
+    with ``leaves``, that fixed set whatever the counts."""
+
+    def __init__(self, k: int = 0, leaves: list[int] | None = None, min_res: int = 4,
+                 max_res: int = 8) -> None:
+        self.k, self.fixed, self.min_res, self.max_res = k, leaves, min_res, max_res
+        self.trees: list[pl.DataFrame] = []
+
+    def __call__(self, tree: pl.DataFrame) -> np.ndarray:
+        self.trees.append(tree)
+        if self.fixed is not None:
+            return np.array(sorted(self.fixed), dtype=np.uint64)
+        counts = dict(zip(tree["cell"].to_list(), tree["count"].to_list(), strict=True))
+        frontier = [c for c in counts if h3i.get_resolution(c) == self.min_res]
+        leaves = []
+        while frontier:
+            node = frontier.pop()
+            if h3i.get_resolution(node) < self.max_res and counts.get(node, 0) >= self.k:
+                frontier.extend(h3i.cell_to_children(node))
+            else:
+                leaves.append(node)
+        return np.array(sorted(leaves), dtype=np.uint64)
+
+
+def _adaptive_config(parents: tuple[int, ...] = (), **adaptive: Any) -> pm.JobConfig:
+    return _config(grid={"boundary": str(SAMPLES / "beijing_boundary.geojson"), "window": "1h",
+                         "parent_resolutions": list(parents)},
+                   adaptive={"max_pairs": 3, "cells_per_person": 2, **adaptive})
+
+
+def _resolutions(cells: pl.Series) -> set[int]:
+    return set((cells // (1 << 52) % 16).to_list())
+
+
+def _assert_same_adaptive(polars_engine: PolarsBackend, spark_engine: SparkBackend, source: Any,
+                          cfg: pm.JobConfig, pseud: Pseudonymiser,
+                          make: Callable[[], _Recorded]) -> tuple[ExactCounts, pl.DataFrame]:
+    """Both engines, each handed its own copy of the same deterministic partition: the same
+    tree counts go in, the same exact counts and bounding statistics come out."""
+    keys = pm.plan(cfg).key_cells
+    by_polars, by_spark = make(), make()
+    expected = polars_engine.exact_cells(source, cfg, pseud, keys, partition=by_polars)
+    got = spark_engine.exact_cells(source, cfg, pseud, keys, partition=by_spark)
+    assert len(by_polars.trees) == len(by_spark.trees) == 1
+    tree = by_polars.trees[0]
+    assert tree.schema == by_spark.trees[0].schema == pl.Schema({"cell": pl.UInt64, "count": pl.Int64})
+    assert tree.equals(by_spark.trees[0])
+    assert_same(expected, got)
+    return expected, tree
+
+
+def test_adaptive_sample(engines: tuple[PolarsBackend, SparkBackend], pseudonymiser: Pseudonymiser,
+                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """An adaptive job on the sample: tree counts at resolutions 4 to 8 (two cells per
+    person), leaves of every resolution, a per-period cap that drops most pairs, and
+    coarser totals (kept pairs per parent: the sum of its leaves)."""
+    polars_engine, spark_engine = engines
+    cfg = _adaptive_config(parents=(4, 3))
+    collected = _collected_rows(monkeypatch)
+    expected, tree = _assert_same_adaptive(polars_engine, spark_engine,
+                                           pm.read_pings(SAMPLES / "beijing_pings.parquet"), cfg,
+                                           pseudonymiser, lambda: _Recorded(k=30))
+    assert tree.height > 1000 and _resolutions(tree["cell"]) == {4, 5, 6, 7, 8}
+    assert _resolutions(expected.counts["cell"]) == {4, 5, 6, 7, 8}
+    assert expected.counts.height > 1000 and expected.bounding.dropped_share > 0.5
+    for level in expected.levels.values():
+        assert level["count"].sum() == expected.bounding.person_cell_windows_kept
+    # Spark brought aggregates to the driver (ids and row counts, the tree counts, the leaf
+    # counts), never the person-level dwell rows.
+    assert len(collected) == 3 and max(collected) < expected.bounding.person_cell_windows / 5
+
+
+def _tie_pings() -> tuple[pl.DataFrame, list[int]]:
+    """Persons whose cells and pairs tie on minutes, on both sides of leaf boundaries.
+
+    The partition (second value) refines one path of the hierarchy down to a res-8 cell:
+    that cell and its six siblings are res-8 leaves, next to res-7, res-6 and res-5 leaves,
+    all under one res-4 root. Each person spends 4 minutes in each of two cells, in each of
+    two hourly windows: equal totals for the tree's ranking, four equal pairs for a cap
+    of three, unless both cells lie under one coarser leaf (8 minutes there). One cell
+    lies under another root, where no leaf is: counted in the tree, dropped from the leaves.
+    """
+    fine = h3i.latlng_to_cell(39.9, 116.4, 8)
+    path = [h3i.cell_to_parent(fine, r) for r in range(4, 9)]
+    leaves = [c for r in range(4, 8) for c in h3i.cell_to_children(path[r - 4]) if c != path[r - 3]]
+    leaves.append(fine)
+    sibling = next(c for c in h3i.cell_to_children(path[3]) if c != fine)
+    near7 = next(c for c in h3i.cell_to_children(path[2]) if c != path[3])  # a res-7 leaf
+    n1, n2 = h3i.cell_to_children(near7)[:2]
+    far6 = next(c for c in h3i.cell_to_children(path[1]) if c != path[2])  # a res-6 leaf
+    other_root = h3i.latlng_to_cell(40.4, 116.1, 8)
+    assert h3i.cell_to_parent(other_root, 4) != path[0]
+    cells = [fine, sibling, n1, n2, h3i.cell_to_children(far6)[3], other_root]
+    start = int(dt.datetime(2026, 11, 26, tzinfo=dt.timezone(dt.timedelta(hours=8))).timestamp())
+    rows = []
+    for i in range(60):
+        a, b = cells[i % 6], cells[(i + 1 + i // 6) % 6]
+        for window in (0, 1):
+            for minute in range(4):
+                for cell, offset in ((a, 0), (b, 10)):
+                    lat, lng = h3i.cell_to_latlng(cell)
+                    rows.append((f"T{i:02d}", start + 3600 * window + 60 * (minute + offset), lat, lng))
+    frame = pl.DataFrame(rows, schema={"person_id": pl.String, "ts": pl.Int64, "lat": pl.Float64,
+                                       "lng": pl.Float64}, orient="row")
+    return frame.with_columns(group=pl.lit("confirmed")), leaves
+
+
+def test_adaptive_ties_and_leaf_boundaries(engines: tuple[PolarsBackend, SparkBackend]) -> None:
+    """Ties broken by the keyed pseudonym as in Polars, cells moved to leaves of three
+    resolutions, rows under no leaf dropped; also when pseudonyms collide (ranked by pid)."""
+    polars_engine, spark_engine = engines
+    frame, leaves = _tie_pings()
+    cfg = _adaptive_config(parents=(4,), cells_per_person=1)
+    for pseud in (Pseudonymiser(KEY, "2026-11-26"), _Colliding(KEY, "2026-11-26")):
+        expected, tree = _assert_same_adaptive(polars_engine, spark_engine, frame, cfg, pseud,
+                                               lambda: _Recorded(leaves=leaves))
+        assert _resolutions(expected.counts["cell"]) == {6, 7, 8}
+        assert expected.bounding.dropped_share > 0.1  # the cap of 3 pairs broke ties
+        # each person counted under one cell (ties too): two res-4 roots, one without leaves
+        roots = tree.filter((pl.col("cell") // (1 << 52) % 16) == 4)
+        assert roots.height == 2 and roots["count"].sum() == tree.filter(
+            (pl.col("cell") // (1 << 52) % 16) == 8)["count"].sum() <= 60
+    assert expected.persons == 60

@@ -255,3 +255,21 @@ def test_a_read_only_ledger_is_a_clear_config_error(tmp_path: Path, monkeypatch:
     with pytest.raises(ConfigError, match=r"readonly.*writable by this user"):
         ledger.reserve(release_id="x", dataset="d", days=("2026-11-26",), cost=cost(1.0),
                        purpose="p", operator="op", mechanism="gaussian")
+
+
+def test_a_disagreement_that_settles_is_a_concurrent_write_not_tampering(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another run's audit entry and ledger row land one after the other: read between them
+    the ledger looks altered for an instant. require_integrity looks again before refusing;
+    a disagreement that stays is still refused."""
+    from privmob.errors import LedgerIntegrityError
+    from privmob.governance import ledger as ledger_mod
+
+    monkeypatch.setattr(ledger_mod, "_SETTLE_PAUSES", (0.0, 0.0, 0.0))
+    led = ledger_mod.Ledger(tmp_path / "l.sqlite")
+    answers = [["a dataset declared in the log is not in the ledger yet"], []]
+    monkeypatch.setattr(led, "verify_integrity", lambda: answers.pop(0) if answers else [])
+    led.require_integrity()  # settled on the second look
+    monkeypatch.setattr(led, "verify_integrity", lambda: ["edited"])
+    with pytest.raises(LedgerIntegrityError, match="edited"):
+        led.require_integrity()

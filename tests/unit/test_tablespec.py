@@ -9,7 +9,7 @@ import pytest
 
 import privmob as pm
 from privmob.privacy.accountant import PrivacyCost
-from privmob.privacy.mechanism import calibrate
+from privmob.privacy.mechanism import calibrate, rho_to_epsilon
 from privmob.privacy.tablespec import PublicKeys, ThresholdKeys, table_specs
 from tests.conftest import SAMPLES, config
 
@@ -39,8 +39,18 @@ def test_the_split_composes_to_the_plan_cost(mechanism: str, public: bool, units
     for t in specs.tables:
         total = total + t.cost
     assert plan.cost == specs.cost
-    assert (plan.cost.epsilon, plan.cost.delta, plan.cost.rho_delta) == (
+    assert (plan.cost.epsilon_basic, plan.cost.delta, plan.cost.rho_delta) == (
         total.epsilon, total.delta, total.rho_delta)
+    # issue 12: the tables compose in zCDP — Gaussian ones convert their total ρ once, far
+    # below the sum of their ε at the same δ; Laplace ones (no δ to convert at) add ε
+    rhos = [t.cost.zcdp_rho for t in specs.tables]
+    assert plan.cost.rho == sum(r for r in rhos if r is not None) and None not in rhos
+    if mechanism == "gaussian":
+        assert plan.cost.composition == "zcdp" and plan.cost.epsilon < Fraction(3, 2) < total.epsilon
+        assert float(plan.cost.epsilon) == pytest.approx(
+            rho_to_epsilon(float(plan.cost.rho or 0), float(total.delta - total.rho_delta)), rel=1e-12)
+    else:
+        assert (plan.cost.composition, plan.cost.epsilon) == ("basic", total.epsilon)
     # each table spends its own configured share of ε
     assert [float(t.cost.epsilon) for t in specs.tables] == [1.0, 0.25, 0.25, 0.5]
     # selection δ is charged exactly for the tables whose keys come from the data
@@ -68,8 +78,23 @@ def test_the_manifest_states_the_composed_cost(key_env: str) -> None:
     release = plan.release(SAMPLES / "beijing_pings.parquet")
     m = release.manifest
     assert m["budget_exact"]["epsilon_exact"] == str(plan.cost.epsilon)
+    assert m["budget_composition"] == "basic"  # Laplace: no δ to convert ρ at, ε adds
     split = m["budget_split"]
     assert list(split) == ["occupancy", "flows", "occupancy_res6"]
     assert sum(Fraction(repr(v["epsilon"])) for v in split.values()) == plan.cost.epsilon
     assert m["levels"][0]["release_threshold"] == plan.specs.levels[6].threshold
     assert m["flows"]["release_threshold"] == plan.specs.flows.threshold  # type: ignore[union-attr]
+
+
+def test_a_gaussian_manifest_states_the_zcdp_composition(key_env: str) -> None:
+    """Issue 12: the manifest's ε is one conversion of the tables' total ρ, says so, and
+    keeps the plain sum beside it."""
+    plan = pm.plan(_cfg("gaussian", True, "boundary").with_overrides(grid__parent_resolutions=(6,)))
+    m = plan.release(SAMPLES / "beijing_pings.parquet").manifest
+    split = m["budget_split"]
+    summed = sum(Fraction(repr(v["epsilon"])) for v in split.values())
+    assert m["budget_composition"] == plan.cost.composition == "zcdp"
+    assert m["budget_exact"]["epsilon_basic_exact"] == str(summed) == "7/4"
+    assert m["budget_exact"]["epsilon_exact"] == str(plan.cost.epsilon)
+    assert m["epsilon"] == float(plan.cost.epsilon) < 0.75 * float(summed)
+    assert m["rho"] == pytest.approx(sum(v["rho"] for v in split.values()), rel=1e-12)

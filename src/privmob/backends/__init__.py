@@ -15,6 +15,7 @@ is needed only by who uses it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from privmob.errors import BackendUnavailableError, ConfigError
@@ -49,8 +50,16 @@ class Backend(Protocol):
         config: JobConfig,
         pseudonymiser: Pseudonymiser,
         key_cells: npt.NDArray[np.uint64] | None,
+        partition: Callable[[pl.DataFrame], npt.NDArray[np.uint64]] | None = None,
     ) -> ExactCounts:
-        """Ingest → scope → pseudonymise → index → bound → aggregate, in one pass."""
+        """Ingest → scope → pseudonymise → index → bound → aggregate, in one pass.
+
+        With ``partition`` (an adaptive release), the engine hands it the exact tree counts
+        (:func:`privmob.stages.hierarchy.tree_counts`) and gets back the public leaves the
+        privacy layer drew from them; the dwell rows are then moved to those leaves and
+        bounded per period (:func:`~privmob.stages.hierarchy.bound_pairs`). The person-level
+        rows never leave the engine; only the two aggregates cross the seam.
+        """
         ...
 
     def bad_rows(

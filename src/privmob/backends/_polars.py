@@ -8,6 +8,7 @@ aggregation run on it. Only the five job columns are ever read from the source.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,7 @@ from privmob.backends._driver import keyed_fixes, stored_positions
 from privmob.config import JobConfig
 from privmob.errors import InputError
 from privmob.movement.stays import StayParams, person_trips
-from privmob.stages import aggregate, bound, crs, index, ingest, pii, scope
+from privmob.stages import aggregate, bound, crs, hierarchy, index, ingest, pii, scope
 from privmob.stages.aggregate import ExactCounts
 from privmob.stages.pseudonymise import Pseudonymiser
 
@@ -57,6 +58,7 @@ class PolarsBackend:
         config: JobConfig,
         pseudonymiser: Pseudonymiser,
         key_cells: npt.NDArray[np.uint64] | None,
+        partition: Callable[[pl.DataFrame], npt.NDArray[np.uint64]] | None = None,
     ) -> ExactCounts:
         lf = self.validated(source, config)
         start = int(config.period_start.timestamp())
@@ -127,9 +129,21 @@ class PolarsBackend:
         dwell = dwell_ids.join(mapping, on="person_id", how="inner").select(
             "pid", "window", "cell", "minutes"
         )
-        kept = bound.bound(
-            dwell, config.privacy.max_cells_per_window, config.privacy.max_windows
-        )
+        if partition is not None:  # adaptive: the partition is drawn between two counts
+            a = config.adaptive
+            assert a is not None
+            tree = hierarchy.tree_counts(dwell, range(a.min_resolution, config.grid.resolution + 1),
+                                         a.cells_per_person)
+            dwell = hierarchy.to_leaves(dwell, partition(tree))
+            kept = hierarchy.bound_pairs(dwell, a.max_pairs)
+            # coarser totals of an adaptive release: kept pairs under each parent (their
+            # leaves' sum), not distinct persons
+            levels = hierarchy.level_pair_counts(kept, config.grid.parent_resolutions)
+        else:
+            kept = bound.bound(
+                dwell, config.privacy.max_cells_per_window, config.privacy.max_windows
+            )
+            levels = aggregate.level_counts(kept, config.grid.parent_resolutions)
         return ExactCounts(
             counts=aggregate.cell_counts(kept),
             rows_in=sum(by_status.values()),
@@ -138,7 +152,7 @@ class PolarsBackend:
             bounding=bound.stats(dwell, kept),
             pii=found,
             identifier_names=tuple(pii.identifier_by_name(extras)),
-            levels=aggregate.level_counts(kept, config.grid.parent_resolutions),
+            levels=levels,
             out_of_scope_by_group=dropped,
             rows_epoch_ms=epoch_ms,
         )

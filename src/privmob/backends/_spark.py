@@ -16,9 +16,16 @@ What runs where
 * **The driver** receives only: the per-(status, group) counts (a few dozen rows; the
   PII scan of ``group`` runs on them, as in the Polars backend), the distinct person ids
   (hashed there with :meth:`Pseudonymiser.pseudonyms`, so the key never leaves the
-  driver, then broadcast back as (id, pseudonym) pairs), and the exact aggregate. What
+  driver, then broadcast back as (id, pseudonym) pairs), the exact aggregate and, for an
+  adaptive release, the tree counts (one row per node of the hierarchy). What
   it does with them — the schema check, the row accounting, the PII findings — is the
   shared code of :mod:`privmob.stages.scope` and :mod:`privmob.stages.pii`, as for Polars.
+* **Adaptive releases** (``partition``): the tree counts
+  (:func:`privmob.stages.hierarchy.tree_counts`) are aggregated on the executors and
+  only they come to the driver, where ``partition`` draws the public leaves; the leaves
+  go back as a broadcast, and moving each dwell row to its leaf and the per-period cap
+  (:func:`~privmob.stages.hierarchy.to_leaves`, :func:`~privmob.stages.hierarchy.bound_pairs`)
+  run on the executors with the same ranks and ties.
 * **Stays and trips** (flows, :meth:`SparkBackend.trips`) run on the executors too: the
   usable fixes are shuffled by person and sorted within each partition, and
   :func:`privmob.movement.stays.person_trips` runs on chunks of whole persons; the driver
@@ -43,7 +50,7 @@ import re
 import shutil
 import sys
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -52,7 +59,7 @@ import polars as pl
 import pyarrow as pa
 
 from privmob.backends._driver import keyed_fixes, keyed_trips, stored_positions
-from privmob.errors import BackendUnavailableError, InputError
+from privmob.errors import BackendUnavailableError, ConfigError, InputError
 from privmob.movement.stays import TRIP_SCHEMA, StayParams, person_trips
 from privmob.stages import aggregate, bound, crs, index, ingest, pii, scope
 from privmob.stages.aggregate import ExactCounts
@@ -522,7 +529,10 @@ class SparkBackend:
         config: JobConfig,
         pseudonymiser: Pseudonymiser,
         key_cells: npt.NDArray[np.uint64] | None,
+        partition: Callable[[pl.DataFrame], npt.NDArray[np.uint64]] | None = None,
     ) -> ExactCounts:
+        if partition is not None:
+            _check_adaptive(config)
         src = self.frame(source)
         df, what = src.df, src.what
         extras = tuple(c for c in src.columns if c not in ingest.REQUIRED_COLUMNS)
@@ -543,16 +553,19 @@ class SparkBackend:
         reduced = reduced.persist(StorageLevel.MEMORY_AND_DISK)
         try:
             return self._exact_from(reduced, what, config, pseudonymiser, key_cells, extras,
-                                    has_group="group" in src.columns)
+                                    has_group="group" in src.columns, partition=partition)
         finally:
             reduced.unpersist()
 
     def _exact_from(self, reduced: SparkDataFrame, what: str, config: JobConfig,
                     pseudonymiser: Pseudonymiser, key_cells: npt.NDArray[np.uint64] | None,
-                    extras: tuple[str, ...], *, has_group: bool) -> ExactCounts:
+                    extras: tuple[str, ...], *, has_group: bool,
+                    partition: Callable[[pl.DataFrame], npt.NDArray[np.uint64]] | None = None,
+                    ) -> ExactCounts:
         # Spark pays ~0.5-1 s per action even on tiny data, so the driver asks twice:
         # (A) the row counts, PII counts, outside-boundary count and the distinct ids;
-        # (B) the bounded aggregate and the pre-bounding totals.
+        # (B) the bounded aggregate and the pre-bounding totals. An adaptive release asks
+        # once more in between: the tree counts its partition is drawn from.
         none_str, none_long = F.lit(None).cast("string"), F.lit(None).cast("long")
         parts = [reduced.filter(F.col("status").isNotNull())
                  .select("status", "group", "n", none_str.alias("person_id"))]
@@ -596,8 +609,12 @@ class SparkBackend:
         # A person is a pseudonym: two ids whose pseudonyms collide (p ~ n^2/2^65) are one
         # person to the Polars backend, so then rank by pid (one more shuffle).
         person = "person_id" if pids.n_unique() == pids.len() else "pid"
-        kept = _bound(dwell_pid, config.privacy.max_cells_per_window, config.privacy.max_windows,
-                      person)
+        before = dwell_pid  # what bounding starts from (the statistics' totals)
+        if partition is not None:  # adaptive: the partition is drawn between two counts
+            before, kept = self._adaptive(dwell_pid, person, config, partition, what)
+        else:
+            kept = _bound(dwell_pid, config.privacy.max_cells_per_window, config.privacy.max_windows,
+                          person)
         resolutions = config.grid.parent_resolutions
         if resolutions:  # read once per level too: keep the ranked rows
             from pyspark import StorageLevel
@@ -606,19 +623,21 @@ class SparkBackend:
         none_int = F.lit(None).cast("int")
         counts_q = kept.groupBy("cell", "window").agg(F.count(F.lit(1)).alias("count"),
                                                       F.sum("minutes").alias("minutes"))
-        totals_q = dwell_pid.agg(F.count(F.lit(1)).alias("count"), F.sum("minutes").alias("minutes"))
+        totals_q = before.agg(F.count(F.lit(1)).alias("count"), F.sum("minutes").alias("minutes"))
         queries = [
             counts_q.select(none_int.alias("level"), "cell", "window", "count", "minutes"),
             totals_q.select(none_int.alias("level"), none_long.alias("cell"), none_int.alias("window"),
                             "count", "minutes"),
         ]
         for res in resolutions:
-            # aggregate.level_counts as a Spark aggregation: distinct (person, parent, window)
-            clear, bits = aggregate.parent_bits(res)
-            parent = F.col("cell").bitwiseAND(F.lit(~clear)).bitwiseOR(F.lit(bits))
+            # aggregate.level_counts as a Spark aggregation: distinct (person, parent, window);
+            # adaptive, hierarchy.level_pair_counts: kept pairs per (parent, window), so that a
+            # parent is the sum of its leaves
+            parents = kept.select("pid", "window", _parent(res).alias("cell"))
+            if partition is None:
+                parents = parents.distinct()
             queries.append(
-                kept.select("pid", "window", parent.alias("cell")).distinct()
-                .groupBy("cell", "window").agg(F.count(F.lit(1)).alias("count"))
+                parents.groupBy("cell", "window").agg(F.count(F.lit(1)).alias("count"))
                 .select(F.lit(res).alias("level"), "cell", "window", "count", none_long.alias("minutes")))
         try:
             second = _collect(
@@ -658,6 +677,33 @@ class SparkBackend:
             out_of_scope_by_group=dropped,
             rows_epoch_ms=epoch_ms,
         )
+
+    def _adaptive(self, dwell: SparkDataFrame, person: str, config: JobConfig,
+                  partition: Callable[[pl.DataFrame], npt.NDArray[np.uint64]],
+                  what: str) -> tuple[SparkDataFrame, SparkDataFrame]:
+        """The Polars backend's adaptive branch in Spark: tree counts, partition, leaves, bound.
+
+        Only the tree counts (one row per node of the hierarchy) come to the driver, where
+        ``partition`` draws the public leaves from them; the leaves go back as a broadcast.
+        Returns the dwell rows moved to the leaves (``pid``, ``window``, ``cell``,
+        ``minutes``: what bounding starts from) and the rows :func:`_bound_pairs` keeps.
+        """
+        a = config.adaptive
+        assert a is not None  # _check_adaptive
+        # A person is a pseudonym (see _exact_from): group by it, and by the id too while
+        # the two are one to one, so that the data's partitioning by id is reused.
+        by = ["pid"] if person == "pid" else ["person_id", "pid"]
+        resolutions = range(a.min_resolution, config.grid.resolution + 1)
+        tree = _collect(_tree_counts(dwell, by, resolutions, a.cells_per_person), what,
+                        {"cell": pl.Int64, "count": pl.Int64})
+        tree = tree.select(pl.col("cell").cast(pl.UInt64), pl.col("count").cast(pl.Int64)).sort("cell")
+        leaves = pl.Series("cell", partition(tree), dtype=pl.UInt64)
+        # H3 indexes have bit 63 clear: a value past Int64 is no cell's parent (dropped).
+        leaf = pl.DataFrame({"cell": leaves.cast(pl.Int64, strict=False)}).drop_nulls().unique()
+        present = sorted((leaf["cell"] // (1 << 52) % 16).unique().to_list())
+        leaf_dwell = _to_leaves(dwell, by, self._from_polars(leaf), present)
+        kept = _bound_pairs(leaf_dwell, by, a.max_pairs)
+        return leaf_dwell.select("pid", "window", "cell", "minutes"), kept
 
     # -- the working store and the quarantine ----------------------------------------------
     def _usable(self, source: Any, config: JobConfig, out: pa.Schema) -> tuple[SparkDataFrame, str]:
@@ -767,6 +813,68 @@ def _bound(dwell: SparkDataFrame, max_cells_per_window: int, max_windows: int,
         .filter((F.col("_cell_rank") <= max_cells_per_window) & (F.col("_window_rank") <= max_windows))
         .select("pid", "window", "cell", "minutes")
     )
+
+
+def _check_adaptive(config: JobConfig) -> None:
+    """Refuse, before reading any data, a partition for a job that has no adaptive settings."""
+    if config.adaptive is None:
+        raise ConfigError("a partition was given for a job without an [adaptive] section")
+
+
+def _parent(resolution: int, column: str = "cell") -> Any:
+    """:func:`privmob.stages.hierarchy.parent` in Spark SQL: two bit operations on the H3
+    index, held as a signed int64 (bit 63 of an H3 index is 0, so no value changes)."""
+    clear, bits = aggregate.parent_bits(resolution)
+    return F.col(column).bitwiseAND(F.lit(~clear)).bitwiseOR(F.lit(bits))
+
+
+def _tree_counts(dwell: SparkDataFrame, by: list[str], resolutions: Iterable[int],
+                 cells_per_person: int) -> SparkDataFrame:
+    """:func:`privmob.stages.hierarchy.tree_counts` in Spark: the same cells kept, the same counts.
+
+    Each person's ``cells_per_person`` cells of most dwell over the period, ties by ``pid
+    XOR cell`` (signed int64), both descending, as :func:`privmob.stages.bound.top_per_group`;
+    then distinct persons per parent at every resolution. ``cell`` (int64), ``count``.
+    """
+    per_cell = dwell.groupBy(*by, "cell").agg(F.sum("minutes").alias("minutes"))
+    rank = Window.partitionBy(*by).orderBy(F.col("minutes").desc(),
+                                           F.col("pid").bitwiseXOR(F.col("cell")).desc())
+    kept = (per_cell.withColumn("_rank", F.row_number().over(rank))
+            .filter(F.col("_rank") <= cells_per_person).select(*by, "cell"))
+    nodes = [_parent(r) for r in sorted(set(resolutions))]
+    if not nodes:
+        return per_cell.select("cell", F.lit(0).cast("long").alias("count")).filter(F.lit(False))
+    # one pass: every ancestor of a kept cell (distinct per resolution: the index holds it)
+    return (kept.select(*by, F.explode(F.array(*nodes)).alias("cell")).distinct()
+            .groupBy("cell").agg(F.count(F.lit(1)).alias("count")))
+
+
+def _to_leaves(dwell: SparkDataFrame, by: list[str], leaves: SparkDataFrame,
+               resolutions: list[int]) -> SparkDataFrame:
+    """:func:`privmob.stages.hierarchy.to_leaves` in Spark: each dwell row under the leaf that
+    holds it, minutes summed per (person, window, leaf); rows under no leaf dropped.
+
+    ``leaves`` (``cell``, int64) is small and public: broadcast to one semi join with the
+    cell's ancestors at every leaf resolution present. An ancestor at resolution r carries
+    r in its index, so it can only match a leaf of resolution r: the Polars backend's join
+    per resolution, in one pass.
+    """
+    if not resolutions:
+        return dwell.select(*by, "window", "cell", "minutes").filter(F.lit(False))
+    ancestors = F.explode(F.array(*[_parent(r) for r in resolutions])).alias("cell")
+    return (dwell.select(*by, "window", ancestors, "minutes")
+            .join(F.broadcast(leaves), on="cell", how="left_semi")
+            .groupBy(*by, "window", "cell").agg(F.sum("minutes").alias("minutes")))
+
+
+def _bound_pairs(leaf_dwell: SparkDataFrame, by: list[str], max_pairs: int) -> SparkDataFrame:
+    """:func:`privmob.stages.hierarchy.bound_pairs` in Spark: each person's ``max_pairs``
+    (cell, window) pairs by minutes, then ``pid XOR cell XOR window`` (signed int64), both
+    descending."""
+    tie = F.col("pid").bitwiseXOR(F.col("cell")).bitwiseXOR(F.col("window").cast("long"))
+    rank = Window.partitionBy(*by).orderBy(F.col("minutes").desc(), tie.desc())
+    return (leaf_dwell.withColumn("_rank", F.row_number().over(rank))
+            .filter(F.col("_rank") <= max_pairs).select("pid", "window", "cell", "minutes"))
 
 
 def _person_trips(fixes: SparkDataFrame, key: str, params: StayParams, what: str) -> pl.DataFrame:

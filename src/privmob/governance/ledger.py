@@ -32,6 +32,7 @@ import json
 import os
 import socket
 import sqlite3
+import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -51,6 +52,10 @@ from privmob.privacy.accountant import PrivacyCost, exact
 
 __all__ = ["Budget", "Charge", "Declared", "Ledger", "SpentRow", "bind_dataset", "budget_from",
            "foreign_releases"]
+
+#: Pauses (s) before re-reading a ledger whose audit log disagrees with it: enough for a
+#: concurrent run to finish its audit-then-ledger write, short next to a run's own length.
+_SETTLE_PAUSES = (0.05, 0.2, 0.75)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS charges (
@@ -108,7 +113,10 @@ class Budget:
 
     With ``rho`` set, releases compose by adding ρ (Laplace releases count ε²/2, which
     pure ε-DP implies) and δ holds only what key selection spends; this composes Gaussian
-    releases far more tightly than adding their ε.
+    releases far more tightly than adding their ε. A release with approximate-DP δ beyond
+    key selection has no zCDP bound and is refused by a ρ budget. With ``epsilon`` set,
+    each release is charged its stated (ε, δ) guarantee (already composed tightly across
+    its own tables by :func:`privmob.privacy.accountant.compose`) and the days add them.
     """
 
     epsilon: Fraction | None
@@ -126,7 +134,12 @@ class Budget:
     def charge_of(self, cost: PrivacyCost) -> tuple[Fraction, Fraction]:
         """(main, δ) this cost takes from a day: ε and δ, or ρ and selection δ."""
         if self.rho is not None:
-            rho = cost.rho if cost.rho is not None else cost.epsilon**2 / 2
+            rho = cost.zcdp_rho
+            if rho is None:
+                raise ConfigError(
+                    f"a release of (ε = {float(cost.epsilon):g}, δ = {float(cost.delta):.3g}) "
+                    "has no zCDP bound (its δ is not all key selection), so a rho_per_day "
+                    "budget cannot account for it; charge it to a ledger with epsilon_per_day")
             return rho, cost.rho_delta
         return cost.epsilon, cost.delta
 
@@ -198,15 +211,20 @@ class SpentRow:
 
     def epsilon_equivalent(self) -> float | None:
         """For a ρ budget: the ε that the spent ρ amounts to at ``delta_limit``, by OpenDP's
-        zCDP → (ε, δ) conversion (the same one used to calibrate Gaussian noise)."""
+        zCDP → (ε, δ) conversion (the same one used to calibrate Gaussian noise). The
+        selection δ already spent is part of ``delta_limit``: only the rest converts ρ
+        (infinite when nothing is left)."""
         if self.mode != "rho" or self.delta_limit is None:
             return None
         spent = self.spent + self.pending
         if spent == 0:
             return 0.0
+        left = self.delta_limit - self.delta_spent
+        if left <= 0:
+            return float("inf")
         from privmob.privacy.mechanism import rho_to_epsilon
 
-        return rho_to_epsilon(float(spent), float(self.delta_limit))
+        return rho_to_epsilon(float(spent), float(left))
 
     def as_dict(self) -> dict[str, Any]:
         def f(x: Fraction | None) -> float | None:
@@ -653,8 +671,19 @@ class Ledger:
         return problems
 
     def require_integrity(self) -> None:
-        """Raise :class:`LedgerIntegrityError` unless :meth:`verify_integrity` finds nothing."""
+        """Raise :class:`LedgerIntegrityError` unless :meth:`verify_integrity` finds nothing.
+
+        A run that is declaring a dataset or reserving right now writes its audit entry and
+        its ledger row one after the other; read between the two, the pair disagrees for a
+        few milliseconds. So a disagreement is looked at again (for up to about a second)
+        before it is called tampering: a real edit stays, a concurrent write settles.
+        """
         problems = self.verify_integrity()
+        for pause in _SETTLE_PAUSES:
+            if not problems:
+                break
+            time.sleep(pause)
+            problems = self.verify_integrity()
         if problems:
             raise LedgerIntegrityError(
                 f"budget ledger {self.path} fails its integrity check: {problems[0]}"

@@ -6,6 +6,7 @@ the one place they are put into sentences for the operator (and the CLI's ``expl
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 from privmob._version import __version__
@@ -29,12 +30,23 @@ def explain(plan: Plan) -> str:
         "  stages: " + " → ".join(plan.stages),
         f"  scope: key groups {', '.join(cfg.scope.groups)}"
         + (f" (whole input assumed {cfg.scope.assume_group!r})" if cfg.scope.assume_group else ""),
-        f"  grid: H3 resolution {cfg.grid.resolution}, {cfg.n_windows} windows of "
-        f"{cfg.grid.window}",
-        f"  bounding: ≤ {p.max_cells_per_window} cell(s) per window, ≤ "
-        f"{plan.sensitivity.windows} window(s) per person → L1 = {s['sensitivity_l1']}, "
-        f"L2 = {s['sensitivity_l2']:.3f}",
     ]
+    if plan.choices:
+        lines.append("  chosen from public parameters (ε, period, boundary, expected persons; ADR 0008):")
+        lines += [f"    {c.setting} = {c.value}: {c.reason}" for c in plan.choices]
+    elif cfg.job.expected_persons is None and cfg.grid.boundary is not None and cfg.adaptive is None:
+        lines.append("  tip: declare [job] expected_persons (a public figure) and privmob picks a "
+                     "window and cell sizes this population can bear")
+    if cfg.adaptive is None:
+        lines += [
+            f"  grid: H3 resolution {cfg.grid.resolution}, {cfg.n_windows} windows of "
+            f"{cfg.grid.window}",
+            f"  bounding: ≤ {p.max_cells_per_window} cell(s) per window, ≤ "
+            f"{plan.sensitivity.windows} window(s) per person → L1 = {s['sensitivity_l1']}, "
+            f"L2 = {s['sensitivity_l2']:.3f}",
+        ]
+    else:
+        lines += _adaptive_lines(plan)
     if plan.noise.mechanism == "laplace":
         lines.append(
             f"  mechanism: discrete Laplace (OpenDP), scale {s['noise_scale']:.4g}, "
@@ -52,7 +64,12 @@ def explain(plan: Plan) -> str:
         f"±{s['ci95_halfwidth']} of the truth 95% of the time (far above the threshold; "
         "near it the published intervals are selection-aware and wider)"
     )
-    if plan.public_keys:
+    if cfg.adaptive is not None:
+        lines.append(
+            f"  keys: public once drawn — the partition's cells × {cfg.n_windows} window(s), all "
+            "noised; the threshold is set for that many keys"
+        )
+    elif plan.public_keys:
         assert plan.boundary is not None
         lines.append(
             f"  keys: public — {s['key_cells']:,} cells covering {plan.boundary.path.name} × "
@@ -86,10 +103,7 @@ def explain(plan: Plan) -> str:
             f"{fnoise.std:.1f} (±{fnoise.ci_halfwidth(0.95)} at 95%); publish ≥ {fspec.threshold}; "
             f"ε = {fc.epsilon:g} of the total"
         )
-    lines.append(
-        f"  budget: this release spends ε = {s['epsilon']:g}, δ = {s['delta']:.3g}"
-        + (f", ρ = {s['rho']:.6g}" if s["rho"] is not None else "")
-    )
+    lines.append("  budget: this release spends " + plan.cost.describe())
     b = plan.budget_config()
     lines.append(
         f"  ledger: charges {b.ledger}"
@@ -97,3 +111,28 @@ def explain(plan: Plan) -> str:
         + f"; caps {plan.budget().describe()} per day bind once declared there"
     )
     return "\n".join(lines)
+
+
+def _adaptive_lines(plan: Plan) -> list[str]:
+    """How the adaptive partition is drawn and what each person may contribute."""
+    cfg, a, part = plan.config, plan.config.adaptive, plan.specs.partition
+    assert a is not None
+    assert part is not None
+    lam = part.noise.scale
+    roots = part.n_keys or 0
+    return [
+        f"  grid: adaptive H3 — {roots:,} cells at resolution {a.min_resolution} covering the "
+        f"boundary, each split into its 7 children down to resolution {cfg.grid.resolution} only "
+        f"where the noisy count of persons supports it (PrivTree, ADR 0007); {cfg.n_windows} "
+        f"window(s) of {cfg.grid.window}",
+        f"  partition: ε = {float(part.cost.epsilon):g} ({a.tree_share:.0%} of ε), pure and "
+        f"independent of depth; discrete Laplace scale {lam:.3g}, bias {math.ceil(lam * math.log(7))} "
+        f"per level, split above {part.threshold} persons ({a.cells_per_person} cell(s) per "
+        "person, those of most dwell)",
+        f"  bounding: ≤ {a.max_pairs} (cell, window) pair(s) per person over the period, most "
+        f"dwell first → L1 = {a.max_pairs}, L2 = {math.sqrt(a.max_pairs):.3f}",
+        *([f"  levels: res {', '.join(str(r) for r in plan.specs.levels)} — each the sum of its "
+           f"cells' counts (person-cell pairs), ε = {cfg.grid.parent_epsilon:g} each, made "
+           "consistent with the cells (least squares, Hay et al. 2010; non-negative, whole "
+           "numbers): every parent equals the sum of its children"] if plan.specs.levels else []),
+    ]

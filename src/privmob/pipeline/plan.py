@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from privmob.config import BudgetConfig, JobConfig
+from privmob.config import AdaptiveConfig, BudgetConfig, JobConfig
 from privmob.errors import ConfigError, PrivmobError
 from privmob.governance.audit import AuditLog
 from privmob.governance.ledger import Budget, Ledger, bind_dataset, budget_from
@@ -32,12 +32,14 @@ from privmob.governance.signing import load_private_key
 from privmob.governance.store import WorkingStore
 from privmob.movement.flows import Units, load_units
 from privmob.pipeline import charging, run
+from privmob.pipeline.defaults import Choice, choose
 from privmob.pipeline.explain import explain
 from privmob.pipeline.publish import check_reports, publish
 from privmob.privacy.accountant import PrivacyCost
 from privmob.privacy.keys import Boundary, load_boundary
 from privmob.privacy.mechanism import NoiseModel, Sensitivity
 from privmob.privacy.tablespec import TableSpecs, table_specs
+from privmob.privacy.tree import TreeParams
 from privmob.release.manifest import bind_to_ledger
 from privmob.release.table import ReleasedTable
 from privmob.stages.ingest import Pings, read_pings
@@ -60,7 +62,13 @@ def plan(config: JobConfig) -> Plan:
     >>> p.noise.scale, p.sensitivity.l1
     (24.0, 24)
     """
-    p = Plan(config)
+    choices: tuple[Choice, ...] = ()
+    g = config.grid
+    if config.job.expected_persons is not None and g.boundary is not None:
+        coarsest = config.adaptive.min_resolution if config.adaptive else AdaptiveConfig().min_resolution
+        roots = load_boundary(g.boundary, g.boundary_where, g.boundary_crs).cells(coarsest).size
+        config, choices = choose(config, roots)
+    p = Plan(config, choices)
     _ = p.specs, config.period_start  # fail now, not after reading data
     return p
 
@@ -89,6 +97,8 @@ class Plan:
     """A validated, calibrated release job. Make it with :func:`plan`."""
 
     config: JobConfig
+    #: Settings plan() chose from public parameters (:mod:`privmob.pipeline.defaults`).
+    choices: tuple[Choice, ...] = ()
 
     # -- what is fixed before reading data ----------------------------------------------
     @property
@@ -104,6 +114,16 @@ class Plan:
     def key_cells(self) -> npt.NDArray[np.uint64] | None:
         b = self.boundary
         return None if b is None else b.cells(self.config.grid.resolution)
+
+    @property
+    def tree_params(self) -> TreeParams:
+        """PrivTree's parameters for an adaptive release (the ε, m_t and θ of ``specs``)."""
+        a, spec = self.config.adaptive, self.specs.partition
+        if a is None or spec is None:
+            raise ConfigError("this job has no [adaptive] section: it draws no partition")
+        return TreeParams(min_resolution=a.min_resolution, max_resolution=self.config.grid.resolution,
+                          epsilon=float(spec.cost.epsilon), cells_per_person=a.cells_per_person,
+                          theta=spec.threshold)
 
     @cached_property
     def flows_units(self) -> Units | None:
@@ -181,7 +201,10 @@ class Plan:
     @property
     def stages(self) -> tuple[str, ...]:
         keys = "public keys" if self.public_keys else "threshold keys"
-        return (*STAGES, f"mechanism:{self.noise.mechanism} ({keys})", "suppress", "release")
+        stages: tuple[str, ...] = STAGES
+        if self.config.adaptive is not None:  # the partition is drawn before the pairs are bounded
+            stages = (*STAGES[:5], "partition:privtree (laplace)", "bound-pairs", *STAGES[6:])
+        return (*stages, f"mechanism:{self.noise.mechanism} ({keys})", "suppress", "release")
 
     def explain(self) -> str:
         """What the release will do and what its numbers can bear. Spends nothing."""

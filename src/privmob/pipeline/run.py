@@ -10,6 +10,8 @@ are made (:mod:`privmob.release.manifest`). Only the :class:`~privmob.release.ta
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 import tempfile
 import time
@@ -18,6 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import numpy.typing as npt
 import polars as pl
 
 from privmob.backends import get_backend
@@ -26,7 +30,9 @@ from privmob.errors import InputError, PrivmobError
 from privmob.governance.signing import SIGNATURE_FILE, fingerprint
 from privmob.governance.store import WorkingStore
 from privmob.movement.flows import exact_flows, unit_coordinates
-from privmob.privacy import noising
+from privmob.privacy import noising, tree
+from privmob.privacy.tablespec import parent_cells, with_leaves
+from privmob.privacy.tree import Partition
 from privmob.release import manifest
 from privmob.release.manifest import KEPT_COLUMNS
 from privmob.release.table import ReleasedTable, cell_table, flows_table
@@ -78,7 +84,10 @@ def compute(plan: Plan, pings: Any, release_id: str, pseudonymiser: Pseudonymise
     # The input's digest is read alongside the scan (hashlib releases the GIL), not after.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="privmob-sha256") as pool:
         input_sha = pool.submit(source.sha256) if isinstance(source, Pings) else None
-        exact = engine.exact_cells(source, cfg, pseudonymiser, plan.key_cells)
+        drawn: list[Partition] = []
+        exact = engine.exact_cells(source, cfg, pseudonymiser, plan.key_cells,
+                                   partition=None if plan.specs.partition is None
+                                   else functools.partial(_draw_partition, plan, drawn))
         input_sha256 = None if input_sha is None else input_sha.result()
     timings["exact"] = time.perf_counter() - tick
     if exact.rows_in == 0:
@@ -102,19 +111,24 @@ def compute(plan: Plan, pings: Any, release_id: str, pseudonymiser: Pseudonymise
     step(f"noise ({plan.noise.mechanism}, OpenDP)")
     tick = time.perf_counter()
     specs, released = plan.specs, {}
-    released[specs.occupancy.name] = noising.noise_table(specs.occupancy, exact.counts)
+    occupancy = specs.occupancy if not drawn else with_leaves(specs.occupancy, drawn[0].leaves, cfg)
+    if drawn and specs.levels:  # adaptive with coarser totals: consistent across levels
+        released.update(noising.noise_consistent(occupancy, specs.levels, exact.counts, exact.levels))
+    else:
+        released[occupancy.name] = noising.noise_table(occupancy, exact.counts)
     timings["mechanism"] = time.perf_counter() - tick
-    def cells(noisy: noising.NoisyTable) -> pl.DataFrame:
+    def cells(noisy: noising.NoisyTable, mixed: bool = bool(drawn)) -> pl.DataFrame:
         return cell_table(noisy.frame, period_start=cfg.period_start,
-                          window_seconds=cfg.grid.window_seconds)
+                          window_seconds=cfg.grid.window_seconds, mixed=mixed)
 
     table = cells(released[specs.occupancy.name])
     levels: dict[int, pl.DataFrame] = {}
     if specs.levels:
         step("coarser levels")
-        for res, spec in specs.levels.items():  # distinct persons per (parent, window)
-            released[spec.name] = noising.noise_table(spec, exact.levels[res])
-            levels[res] = cells(released[spec.name])
+        for res, spec in specs.levels.items():  # fixed: distinct persons per (parent, window)
+            if spec.name not in released:       # (adaptive: noised above, with the leaves)
+                released[spec.name] = noising.noise_table(spec, exact.levels[res])
+            levels[res] = cells(released[spec.name], mixed=False)
     flows_table_, flows_record = None, None
     if specs.flows is not None and cfg.flows is not None:
         step("flows: stays, trips, bound, noise")
@@ -129,7 +143,8 @@ def compute(plan: Plan, pings: Any, release_id: str, pseudonymiser: Pseudonymise
         timings["flows"] = time.perf_counter() - tick
     signature = None if signer is None else {"algorithm": "Ed25519", "file": SIGNATURE_FILE,
                                              "fingerprint": fingerprint(signer)}
-    public = manifest.build_manifest(plan, release_id, released, signature=signature)
+    public = manifest.build_manifest(plan, release_id, released, signature=signature,
+                                     partition=drawn[0] if drawn else None)
     operator = manifest.operator_record(plan, release_id, exact, pseudonymiser.key_id,
                                         input_sha256, _source_columns(source))
     if flows_record is not None:
@@ -140,6 +155,24 @@ def compute(plan: Plan, pings: Any, release_id: str, pseudonymiser: Pseudonymise
     if bad and cfg.job.quarantine is not None:
         _write_quarantine(cfg, engine, source, pseudonymiser)
     return result
+
+
+def _draw_partition(plan: Plan, drawn: list[Partition], counts: pl.DataFrame) -> npt.NDArray[np.uint64]:
+    """The adaptive partition from the engine's exact tree counts (PrivTree, its own share
+    of the budget); kept in ``drawn`` for the release, its leaves handed back to the engine."""
+    spec, key_cells = plan.specs.partition, plan.key_cells
+    assert spec is not None
+    assert key_cells is not None
+    part = tree.partition(spec, counts, plan.tree_params)
+    # Leaves with no cell of the boundary under them can hold nobody: drop them (a function
+    # of the public partition and the public boundary only) so they are not noised as keys.
+    inside = np.zeros(part.leaves.size, dtype=bool)
+    for r in np.unique(part.resolutions):
+        at_r = part.resolutions == r
+        inside[at_r] = np.isin(part.leaves[at_r], parent_cells(key_cells, int(r)))
+    part = dataclasses.replace(part, leaves=part.leaves[inside], resolutions=part.resolutions[inside])
+    drawn.append(part)
+    return part.leaves
 
 
 def store_positions(plan: Plan, pings: Any, backend: str | None, working: WorkingStore,

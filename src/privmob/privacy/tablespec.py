@@ -13,6 +13,7 @@ new spec here; :func:`privmob.privacy.noising.noise_table` releases every spec t
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -23,13 +24,28 @@ import polars_h3 as plh3
 
 from privmob.config import JobConfig, PrivacyConfig
 from privmob.movement.flows import n_windows as flows_windows
-from privmob.privacy.accountant import PrivacyCost, exact
-from privmob.privacy.mechanism import NoiseModel, Sensitivity, calibrate, threshold_for
+from privmob.privacy.accountant import PrivacyCost, compose, exact
+from privmob.privacy.mechanism import (
+    NoiseModel,
+    Sensitivity,
+    calibrate,
+    rho_to_epsilon,
+    threshold_for,
+)
 
 if TYPE_CHECKING:
     from privmob.movement.flows import Units
 
-__all__ = ["PublicKeys", "TableSpec", "TableSpecs", "ThresholdKeys", "parent_cells", "table_specs"]
+__all__ = ["AdaptiveKeys", "PairSensitivity", "PublicKeys", "TableSpec", "TableSpecs", "ThresholdKeys",
+           "parent_cells", "table_specs", "with_leaves"]
+
+#: H3's aperture: every cell has seven children (PrivTree's fanout β).
+FANOUT = 7
+#: Automatic θ = SPLIT_FACTOR · β · (release threshold): split a cell when its seven children
+#: could each hold, on average, 2.5 times what the release can publish. On GeoLife at ε = 1
+#: (1,555 and 3 × ~500 persons, max_pairs 5) 2.5 gave recall 0.84–0.89 with no spurious cell;
+#: 2 gave the same recall with 2–3% spurious cells (benchmarks/bench_geolife_utility.py).
+SPLIT_FACTOR = 2.5
 
 
 @dataclass(frozen=True, eq=False)
@@ -65,6 +81,21 @@ class ThresholdKeys:
 
 
 @dataclass(frozen=True, eq=False)
+class AdaptiveKeys:
+    """Keys an adaptive partition decides: its leaves × every window.
+
+    The partition is drawn with its own share of the budget before the counts are noised
+    (:mod:`privmob.privacy.tree`), from the public ``roots``; once drawn it is public, and
+    :func:`with_leaves` turns this into :class:`PublicKeys` over the leaves.
+    """
+
+    roots: npt.NDArray[np.uint64]
+    windows: npt.NDArray[np.int64]
+    label: str
+    columns: tuple[str, ...] = ("cell", "window")
+
+
+@dataclass(frozen=True, eq=False)
 class TableSpec:
     """One released table: its keys, noise, threshold and cost (see the module docstring).
 
@@ -73,8 +104,8 @@ class TableSpec:
     OpenDP's map (≤ ``selection_delta``), stated in the manifest.
     """
 
-    name: str  # the manifest's budget_split entry: occupancy, occupancy_res6, flows
-    keys: PublicKeys | ThresholdKeys
+    name: str  # the manifest's budget_split entry: occupancy, occupancy_res6, flows, partition
+    keys: PublicKeys | ThresholdKeys | AdaptiveKeys
     noise: NoiseModel
     threshold: int
     selection_delta: float
@@ -96,23 +127,25 @@ class TableSpec:
 
 @dataclass(frozen=True, eq=False)
 class TableSpecs:
-    """Every table of a release, in release order: occupancy, its parent levels, flows."""
+    """Every table of a release, in release order: the adaptive partition (if any),
+    occupancy, its parent levels, flows."""
 
     occupancy: TableSpec
     levels: dict[int, TableSpec]
     flows: TableSpec | None
+    partition: TableSpec | None = None
 
     @property
     def tables(self) -> tuple[TableSpec, ...]:
-        return (self.occupancy, *self.levels.values(), *(() if self.flows is None else (self.flows,)))
+        return (*(() if self.partition is None else (self.partition,)), self.occupancy,
+                *self.levels.values(), *(() if self.flows is None else (self.flows,)))
 
     @property
     def cost(self) -> PrivacyCost:
-        """What a release spends, at most: the tables' costs composed."""
-        total = self.occupancy.cost
-        for spec in self.tables[1:]:
-            total = total + spec.cost
-        return total
+        """What a release spends, at most: the tables' costs composed — in zCDP (total ρ,
+        one conversion by OpenDP) when that is tighter than adding their ε, which
+        ``composition`` states (:func:`privmob.privacy.accountant.compose`)."""
+        return compose([spec.cost for spec in self.tables], rho_to_epsilon)
 
 
 def selection_delta(privacy: PrivacyConfig, public: bool) -> float:
@@ -153,7 +186,10 @@ def table_specs(config: JobConfig, *, key_cells: npt.NDArray[np.uint64] | None =
     ``key_label`` their manifest label; ``units`` the flows units when ``[flows] units =
     "boundary"``. Occupancy spends ``[privacy]``; each parent level ``parent_epsilon`` with
     the occupancy bounds (a person's ≤ k kept cells in a window touch ≤ k parents, each by
-    one); flows spend ``[flows] epsilon`` (or ``rho``) with their own trip bounds.
+    one); flows spend ``[flows] epsilon`` (or ``rho``) with their own trip bounds. An
+    adaptive job's levels count kept pairs under each parent instead (the sum of its
+    leaves, made consistent with them on release): ``parent_epsilon`` each, with
+    :class:`PairSensitivity` (:func:`_adaptive_levels`).
     """
     p, grid = config.privacy, config.grid
     windows = np.arange(config.n_windows, dtype=np.int64)
@@ -169,6 +205,10 @@ def table_specs(config: JobConfig, *, key_cells: npt.NDArray[np.uint64] | None =
     levels = {res: spec(f"occupancy_res{res}", level_privacy, sens,
                         cell_keys(None if key_cells is None else parent_cells(key_cells, res)))
               for res in grid.parent_resolutions}
+    partition = None
+    if config.adaptive is not None and key_cells is not None:
+        occupancy, partition = _adaptive(config, key_cells, windows, key_label)
+        levels = _adaptive_levels(config, key_cells, windows, key_label)
     fc, flows = config.flows, None
     if fc is not None:
         fp = dataclasses.replace(
@@ -182,4 +222,88 @@ def table_specs(config: JobConfig, *, key_cells: npt.NDArray[np.uint64] | None =
             keys = PublicKeys((("origin", names), ("destination", names),
                                ("window", np.arange(n_win, dtype=np.int64))), units.key_label)
         flows = spec("flows", fp, Sensitivity(fc.max_trips_per_window, min(fc.max_windows, n_win)), keys)
-    return TableSpecs(occupancy, levels, flows)
+    return TableSpecs(occupancy, levels, flows, partition)
+
+
+def _adaptive(config: JobConfig, key_cells: npt.NDArray[np.uint64], windows: npt.NDArray[np.int64],
+              key_label: str) -> tuple[TableSpec, TableSpec]:
+    """The adaptive occupancy table and its partition, splitting ``[privacy] epsilon``.
+
+    The partition (PrivTree, docs/adr/0007) spends ``tree_share`` of ε as pure ε-DP,
+    whatever its depth: discrete Laplace of scale λ = m·(2β−1)/((β−1)·ε_tree) on biased
+    counts, m = ``cells_per_person``. The counts spend the rest with L1 = ``max_pairs``.
+    Their threshold is set for the nominal key set (the roots × windows) here and again
+    for the drawn leaves by :func:`with_leaves`.
+    """
+    a, p = config.adaptive, config.privacy
+    assert a is not None
+    roots = parent_cells(key_cells, a.min_resolution)
+    eps_tree = p.epsilon * a.tree_share
+    tree_privacy = dataclasses.replace(p, mechanism="laplace", rho=None,
+                                       epsilon=eps_tree * (FANOUT - 1) / (2 * FANOUT - 1))
+    tree_noise = calibrate(tree_privacy, Sensitivity(a.cells_per_person, 1))
+    count_privacy = dataclasses.replace(p, epsilon=p.epsilon - eps_tree, rho=None)
+    noise = calibrate(count_privacy, Sensitivity(a.max_pairs, 1))
+    keys = AdaptiveKeys(roots, windows, key_label)
+    threshold = _leaf_threshold(noise, count_privacy, a.max_spurious_cells, roots.size * windows.size)
+    occupancy = TableSpec("occupancy", keys, noise, threshold, 0.0, 0.0, noise.cost)
+    theta = a.split_threshold or math.ceil(SPLIT_FACTOR * FANOUT * threshold)
+    tree_cost = PrivacyCost(exact(eps_tree))
+    partition = TableSpec("partition", PublicKeys((("cell", roots),), key_label), tree_noise, theta,
+                          0.0, 0.0, tree_cost)
+    return occupancy, partition
+
+
+@dataclass(frozen=True)
+class PairSensitivity(Sensitivity):
+    """The sensitivity of counts of a person's kept pairs under coarser cells (an adaptive
+    release's parent levels, :func:`privmob.stages.hierarchy.level_pair_counts`).
+
+    A person has at most ``cells_per_window · windows`` = ``max_pairs`` kept (leaf, window)
+    pairs; each lands under one parent, so L1 = ``max_pairs`` — but they may all land under
+    the same parent and window, so one key can move by ``max_pairs``: L2 = L∞ = ``max_pairs``,
+    not the √ of distinct-person counts.
+    """
+
+    @property
+    def l2(self) -> float:
+        return float(self.l1)
+
+
+def _adaptive_levels(config: JobConfig, key_cells: npt.NDArray[np.uint64], windows: npt.NDArray[np.int64],
+                     key_label: str) -> dict[int, TableSpec]:
+    """The coarser totals of an adaptive release, one table per ``[grid] parent_resolutions``.
+
+    Each counts kept pairs per (parent, window) — the sum of its leaves' counts — over the
+    public keys (the boundary's cells at that resolution × every window), with the
+    adaptive counts' mechanism, :class:`PairSensitivity` (``max_pairs``) and its own
+    ``parent_epsilon`` (composed with the other tables like any level). Its threshold
+    follows the leaves' rule: ≤ ``max_spurious_cells`` expected spurious keys in the table.
+    """
+    a, p = config.adaptive, config.privacy
+    assert a is not None
+    privacy = dataclasses.replace(p, epsilon=config.grid.parent_epsilon, rho=None)
+    noise = calibrate(privacy, PairSensitivity(a.max_pairs, 1))
+    out: dict[int, TableSpec] = {}
+    for res in config.grid.parent_resolutions:
+        keys = PublicKeys((("cell", parent_cells(key_cells, res)), ("window", windows)), key_label)
+        threshold = _leaf_threshold(noise, privacy, a.max_spurious_cells, keys.n_keys)
+        out[res] = TableSpec(f"occupancy_res{res}", keys, noise, threshold, 0.0, 0.0, noise.cost)
+    return out
+
+
+def _leaf_threshold(noise: NoiseModel, privacy: PrivacyConfig, max_spurious_cells: float, n_keys: int) -> int:
+    """At least ``min_count``, and high enough that noise alone is expected to publish at
+    most ``max_spurious_cells`` of ``n_keys`` empty keys (a per-release target)."""
+    return max(privacy.min_count, noise.spurious_threshold(max_spurious_cells / max(n_keys, 1)))
+
+
+def with_leaves(spec: TableSpec, leaves: npt.NDArray[np.uint64], config: JobConfig) -> TableSpec:
+    """The adaptive occupancy spec over a drawn partition: public keys leaves × windows, and
+    the threshold for that many keys. Post-processing of the partition: costs nothing more."""
+    keys = spec.keys
+    assert isinstance(keys, AdaptiveKeys)
+    assert config.adaptive is not None
+    public = PublicKeys((("cell", np.sort(leaves).astype(np.uint64)), ("window", keys.windows)), keys.label)
+    threshold = _leaf_threshold(spec.noise, config.privacy, config.adaptive.max_spurious_cells, public.n_keys)
+    return dataclasses.replace(spec, keys=public, threshold=threshold)

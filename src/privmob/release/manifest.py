@@ -29,9 +29,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from privmob._version import __version__
 from privmob.movement.flows import n_windows
-from privmob.privacy import sparse
+from privmob.privacy import noising, sparse
 from privmob.privacy.intervals import CI_METHOD
 from privmob.stages.ingest import BAD_REASONS
 from privmob.stages.scope import OK, OUT_OF_PERIOD, OUT_OF_SCOPE
@@ -42,6 +44,7 @@ if TYPE_CHECKING:
     from privmob.privacy.accountant import PrivacyCost
     from privmob.privacy.noising import NoisyTable
     from privmob.privacy.tablespec import TableSpec
+    from privmob.privacy.tree import Partition
 
 __all__ = ["BOUNDING_RULE", "FLOWS_BOUNDING_RULE", "KEPT_COLUMNS", "FlowsView", "ManifestView",
            "bind_to_ledger", "build_manifest", "dropped_identifiers", "identifier_kind", "operator_record"]
@@ -63,11 +66,16 @@ def _public(cost: PrivacyCost) -> dict[str, Any]:
 
 
 def build_manifest(plan: Plan, release_id: str, released: Mapping[str, NoisyTable], *,
-                   signature: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                   signature: Mapping[str, Any] | None = None,
+                   partition: Partition | None = None) -> dict[str, Any]:
     """The public manifest of a release: its parameters and released (noisy) numbers only.
 
     ``released`` maps each spec's name to its :class:`~privmob.privacy.noising.NoisyTable`.
     Nothing here may depend on the input except through those tables (module docstring).
+    An adaptive release with levels (``partition`` and ``[grid] parent_resolutions``) says
+    its tables were made consistent (``consistency``), that every key was noised
+    (``noise_sampling``) and how its intervals read (``ci_method``); each level says it
+    counts ``pairs`` (:func:`privmob.privacy.noising.noise_consistent`).
     """
     cfg, s, specs = plan.config, plan.summary(), plan.specs
     occ = released[specs.occupancy.name]
@@ -108,6 +116,7 @@ def build_manifest(plan: Plan, release_id: str, released: Mapping[str, NoisyTabl
         "epsilon": s["epsilon"],
         "delta": s["delta"],
         "rho": s["rho"],
+        "budget_composition": s["composition"],  # zcdp | zcdp+basic | basic: how ε was found
         "budget_exact": {k: v for k, v in specs.cost.as_dict().items() if k.endswith("_exact")},
         "budget_split": {t.name: _public(t.cost) for t in _split_order(specs.tables)},
         "noise_scale": spec.noise.scale,
@@ -134,21 +143,60 @@ def build_manifest(plan: Plan, release_id: str, released: Mapping[str, NoisyTabl
     }
     if signature is not None:
         manifest["signature"] = dict(signature)
+    if partition is not None:
+        manifest["resolution"] = "adaptive"
+        manifest["resolutions"] = [int(partition.resolutions.min()), int(partition.resolutions.max())]
+        manifest["adaptive"] = _adaptive_section(plan, partition)
+        # the per-window caps do not apply: each person has max_pairs pairs per period
+        manifest["max_cells_per_window"] = manifest["max_windows"] = None
     if specs.levels:
-        manifest["levels"] = [_level_section(res, released[t.name]) for res, t in specs.levels.items()]
+        consistent = partition is not None  # adaptive: levels count pairs, made consistent
+        manifest["levels"] = [_level_section(res, released[t.name], consistent)
+                              for res, t in specs.levels.items()]
+        if consistent:
+            manifest["consistency"] = noising.CONSISTENCY
+            manifest["noise_sampling"] = noising.DENSE_SAMPLING
+            manifest["ci_method"] = noising.CONSISTENT_CI_METHOD
     if specs.flows is not None:
         manifest["flows"] = _flows_section(plan, released[specs.flows.name])
     return manifest
 
 
+def _adaptive_section(plan: Plan, partition: Partition) -> dict[str, Any]:
+    """The partition (public: drawn with its own budget) and how it was drawn."""
+    a, spec = plan.config.adaptive, plan.specs.partition
+    assert a is not None
+    assert spec is not None
+    res, n = np.unique(partition.resolutions, return_counts=True)
+    return {
+        "method": "PrivTree over the H3 hierarchy (Zhang et al. 2016), discrete Laplace (OpenDP)",
+        "min_resolution": a.min_resolution,
+        "max_resolution": plan.config.grid.resolution,
+        "roots": spec.n_keys,
+        "epsilon": float(spec.cost.epsilon),
+        "cells_per_person": a.cells_per_person,
+        "noise_scale": spec.noise.scale,
+        "bias_per_level": partition.bias,
+        "split_threshold": spec.threshold,
+        "max_pairs": a.max_pairs,
+        "max_spurious_cells": a.max_spurious_cells,
+        "leaves": int(partition.leaves.size),
+        "leaves_by_resolution": {str(int(r)): int(c) for r, c in zip(res, n, strict=True)},
+        "leaf_cells": [f"{int(c):x}" for c in partition.leaves],
+    }
+
+
 def _split_order(tables: Sequence[TableSpec]) -> list[TableSpec]:
     """``budget_split`` lists occupancy, flows, then the levels (as manifests always did)."""
-    return sorted(tables, key=lambda t: {"occupancy": 0, "flows": 1}.get(t.name, 2))
+    return sorted(tables, key=lambda t: {"occupancy": 0, "flows": 1, "partition": 3}.get(t.name, 2))
 
 
-def _level_section(resolution: int, table: NoisyTable) -> dict[str, Any]:
+def _level_section(resolution: int, table: NoisyTable, consistent: bool = False) -> dict[str, Any]:
+    """One parent level. ``consistent`` (an adaptive release): the level counts kept
+    (person, leaf, window) pairs under each cell — the sum of its leaves — and its values
+    were made consistent with the leaves' before suppression."""
     spec = table.spec
-    return {
+    section: dict[str, Any] = {
         "resolution": resolution, "file": f"release-res{resolution}.parquet",
         **_public(spec.cost),
         "noise_scale": spec.noise.scale,
@@ -158,6 +206,12 @@ def _level_section(resolution: int, table: NoisyTable) -> dict[str, Any]:
         "n_keys": spec.n_keys,
         "cells_released": table.released,
     }
+    if consistent:
+        section.update({
+            "counts": "pairs", "consistency": noising.CONSISTENCY,
+            "ci_method": noising.CONSISTENT_CI_METHOD, "mechanism": spec.noise.mechanism,
+            "sensitivity": {"l1": spec.sensitivity.l1, "l2": spec.sensitivity.l2}})
+    return section
 
 
 def _flows_section(plan: Plan, table: NoisyTable) -> dict[str, Any]:
@@ -333,6 +387,22 @@ def _strings(value: Any) -> tuple[str, ...]:
     return tuple(str(v) for v in value) if isinstance(value, list | tuple) else ()
 
 
+def _resolutions(value: Any) -> tuple[int, int] | None:
+    """``[min, max]`` H3 resolutions (None for anything else)."""
+    if not isinstance(value, list | tuple) or len(value) != 2:
+        return None
+    low, high = _int(value[0]), _int(value[1])
+    return (low, high) if low is not None and high is not None and 0 <= low <= high <= 15 else None
+
+
+def _h3_cells(value: Any) -> tuple[str, ...]:
+    """H3 cells listed as hex strings or integers, as H3 strings (empty for anything else)."""
+    if not isinstance(value, list | tuple):
+        return ()
+    return tuple(format(v, "x") if isinstance(v, int) and not isinstance(v, bool) else str(v).lower()
+                 for v in value if isinstance(v, str | int))
+
+
 @dataclass(frozen=True)
 class FlowsView:
     """The ``flows`` section of a manifest, typed."""
@@ -428,6 +498,15 @@ class ManifestView:
     signature_algorithm: str | None = None
     #: (file name, sha256) in the manifest's order.
     files: tuple[tuple[str, str], ...] = ()
+    #: An adaptive release (``"resolution": "adaptive"``): its cells mix H3 resolutions.
+    adaptive: bool = False
+    #: (coarsest, finest) resolution of an adaptive release (``"resolutions": [min, max]``).
+    resolutions: tuple[int, int] | None = None
+    #: The public partition of an adaptive release (every leaf cell, released or not), as
+    #: H3 strings; empty when the manifest does not list it.
+    partition: tuple[str, ...] = ()
+    #: An adaptive release's bound: (cell, window) pairs per person over the period.
+    max_pairs: int | None = None
 
     @classmethod
     def of(cls, m: Mapping[str, Any]) -> ManifestView:
@@ -469,6 +548,9 @@ class ManifestView:
             rho_per_day=_float(ledger.get("rho_per_day")),
             signature_algorithm=_str(signature.get("algorithm")) if isinstance(signature, Mapping) else None,
             files=tuple((str(k), str(v)) for k, v in _section(m, "files").items()),
+            adaptive=m.get("resolution") == "adaptive", resolutions=_resolutions(m.get("resolutions")),
+            partition=_h3_cells(_section(m, "adaptive").get("leaf_cells")),
+            max_pairs=_int(_section(m, "adaptive").get("max_pairs")),
         )
 
     @property

@@ -134,12 +134,20 @@ def _window_start(period_start: dt.datetime, window_seconds: int) -> pl.Expr:
             .cast(pl.Datetime("us")).dt.replace_time_zone("UTC").alias("window_start"))
 
 
-def cell_table(frame: pl.DataFrame, *, period_start: dt.datetime, window_seconds: int) -> pl.DataFrame:
+def cell_table(frame: pl.DataFrame, *, period_start: dt.datetime, window_seconds: int,
+               mixed: bool = False) -> pl.DataFrame:
     """Released cell counts (``cell`` UInt64, ``window``, ``count``, ``ci_low``, ``ci_high``,
-    ``near_threshold``) as the public table: H3 cell strings and window start times (UTC)."""
+    ``near_threshold``) as the public table: H3 cell strings and window start times (UTC).
+
+    With ``mixed`` (an adaptive release, cells of several resolutions) each row also
+    carries its cell's ``resolution`` (Int8), right after the cell."""
+    cell = pl.col("cell").cast(pl.UInt64)
+    resolution = [plh3.get_resolution(cell).cast(pl.Int8).alias("resolution")] if mixed else []
+    schema = {"cell": pl.String, **({"resolution": pl.Int8} if mixed else {}), **_SCHEMA}
     return (
         frame.select(
-            plh3.int_to_str(pl.col("cell").cast(pl.UInt64)).alias("cell"),
+            plh3.int_to_str(cell).alias("cell"),
+            *resolution,
             _window_start(period_start, window_seconds),
             "count",
             "ci_low",
@@ -147,7 +155,7 @@ def cell_table(frame: pl.DataFrame, *, period_start: dt.datetime, window_seconds
             "near_threshold",
         )
         .sort("window_start", "cell")
-        .cast(_SCHEMA)  # type: ignore[arg-type]
+        .cast(schema)  # type: ignore[arg-type]
     )
 
 
@@ -287,17 +295,25 @@ class ReleasedTable:
         return "\n".join(lines)
 
     def to_geojson(self) -> dict[str, Any]:
-        """Hexagon polygons with their counts, as a GeoJSON FeatureCollection."""
+        """Hexagon polygons with their counts, as a GeoJSON FeatureCollection.
+
+        Every feature carries its cell's H3 ``resolution``: an adaptive release mixes them
+        (the table's ``resolution`` column when it has one). Cells are H3 strings here even
+        when the table holds them as UInt64 (JSON numbers above 2**53 lose digits).
+        """
         features = []
         for row in self.table.iter_rows(named=True):
-            ring = [[lng, lat] for lat, lng in h3.cell_to_boundary(row["cell"])]
+            cell = row["cell"] if isinstance(row["cell"], str) else h3.int_to_str(int(row["cell"]))
+            ring = [[lng, lat] for lat, lng in h3.cell_to_boundary(cell)]
             ring.append(ring[0])
+            resolution = row.get("resolution")
             features.append(
                 {
                     "type": "Feature",
                     "geometry": {"type": "Polygon", "coordinates": [ring]},
                     "properties": {
-                        "cell": row["cell"],
+                        "cell": cell,
+                        "resolution": int(resolution if resolution is not None else h3.get_resolution(cell)),
                         "window_start": row["window_start"].isoformat(),
                         "count": row["count"],
                         "ci_low": row["ci_low"],

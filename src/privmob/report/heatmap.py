@@ -16,6 +16,10 @@ What the figure must never let a reader get wrong:
   (and ρ), ``min_count`` and threshold, resolution, release id and the public-key
   fingerprint of the signature (or ``UNSIGNED``); the marking runs across the top, along
   the bottom and as a light watermark over the map.
+* **Cells of an adaptive release differ in size.** Its cells mix H3 resolutions (fine
+  where many persons were, coarse where few). Each is drawn as its own polygon, coarse
+  ones first so finer ones stay on top, coloured by persons per km² (see :func:`heatmap`,
+  ``colour``), and the footer states the mix ("cells res 4–8 (adaptive)").
 
 Everything is post-processing of the released table: drawing spends no privacy budget.
 The figure is a plain :class:`matplotlib.figure.Figure` (Agg canvas), never pyplot state,
@@ -48,17 +52,18 @@ import matplotlib as mpl
 import numpy as np
 import numpy.typing as npt
 import polars as pl
+import polars_h3 as plh3
 from matplotlib import patheffects
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
 from matplotlib.collections import PolyCollection
-from matplotlib.colors import Colormap, Normalize
+from matplotlib.colors import Colormap, LogNorm, Normalize
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, PathPatch, Rectangle
 from matplotlib.path import Path as MplPath
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 import privmob.report.fonts as _fonts
 from privmob.config import DEFAULT_MARKING, parse_duration
@@ -66,6 +71,8 @@ from privmob.errors import InputError
 from privmob.privacy.intervals import SELECTION_NOTE
 from privmob.release.manifest import ManifestView
 from privmob.release.table import ReleasedTable, release_zone
+from privmob.report.cells import cell_columns
+from privmob.report.cells import resolutions as release_resolutions
 
 __all__ = ["Heatmap", "Panel", "heatmap", "small_multiples"]
 
@@ -88,6 +95,10 @@ Extent = Literal["auto", "boundary", "released"] | tuple[float, float, float, fl
 
 #: "auto" zooms in when the released cells' box covers less than this share of the area's.
 AUTO_ZOOM_SHARE = 0.25
+
+#: What the colour of a cell shows: its count, persons per km², or "auto" (count when every
+#: cell has one size, density when they differ; see :func:`heatmap`).
+Colour = Literal["auto", "count", "density"]
 
 _REQUIRED_COLUMNS = ("cell", "window_start", "count")
 #: Inches under the legend for the note on near-threshold counts (three lines of text).
@@ -195,8 +206,10 @@ def heatmap(
     place: str | None = None,
     cmap: str | Colormap = "viridis",
     extent: Extent = "auto",
+    colour: Colour = "auto",
 ) -> Heatmap:
-    """Draw one time window of a release as a map of H3 hexagons coloured by count.
+    """Draw one time window of a release as a map of H3 cells coloured by count (or, for
+    cells of mixed sizes, by persons per km²).
 
     Parameters
     ----------
@@ -220,6 +233,16 @@ def heatmap(
         area; ``"auto"`` (default): ``"released"`` when those cells span less than a quarter
         of the area's bounding box, else ``"boundary"``; or ``(min_lng, min_lat, max_lng,
         max_lat)``.
+    colour
+        ``"count"``: noisy persons per cell; ``"density"``: persons per km² (count ÷ the
+        cell's own area, log scale); ``"auto"`` (default): count when every cell has the
+        same resolution, density when they mix (an adaptive release). Why: on a map the eye
+        reads colour over area. With one resolution every cell has the same area, so the
+        count is the density and the numbers are the table's. With mixed resolutions a
+        res-4 cell covers ~2,400 times the area of a res-8 one and holds more persons
+        merely for being big; coloured by count, a sparse outskirt would glow like a busy
+        centre. Coloured by density, a director reads "where are people concentrated"
+        correctly; the exact counts stay in the table and the legend says which is shown.
 
     Returns
     -------
@@ -228,7 +251,7 @@ def heatmap(
     """
     job = _Job.build(release, boundary)
     index = job.window_index(window) if window is not None else job.busiest_window()
-    return _Drawing(job, [index], place=place, cmap=cmap, small=False, extent=extent).draw()
+    return _Drawing(job, [index], place=place, cmap=cmap, small=False, extent=extent, colour=colour).draw()
 
 
 def small_multiples(
@@ -240,6 +263,7 @@ def small_multiples(
     cmap: str | Colormap = "viridis",
     extent: Extent = "auto",
     ncols: int | None = None,
+    colour: Colour = "auto",
 ) -> Heatmap:
     """Draw every window of the period (or ``windows``) as a grid of maps on one colour scale.
 
@@ -247,7 +271,7 @@ def small_multiples(
 
     Parameters
     ----------
-    release, boundary, place, cmap, extent
+    release, boundary, place, cmap, extent, colour
         As for :func:`heatmap`.
     windows
         Window indices to draw (default: all windows of the period, at most 48).
@@ -263,7 +287,8 @@ def small_multiples(
             f"the period has {len(indices)} windows, too many panels for one page; draw a day "
             f"at a time, e.g. windows=range(0, {min(24, job.windows_per_day)})"
         )
-    return _Drawing(job, indices, place=place, cmap=cmap, small=True, ncols=ncols, extent=extent).draw()
+    return _Drawing(job, indices, place=place, cmap=cmap, small=True, ncols=ncols, extent=extent,
+                    colour=colour).draw()
 
 
 # ── the release, read once ───────────────────────────────────────────────────────────
@@ -278,7 +303,8 @@ class _Job:
     period_start: dt.datetime
     window_seconds: int
     n_windows: int
-    resolution: int | None
+    resolution: int | None  # None when the cells mix resolutions
+    resolutions: tuple[int, ...]  # the distinct resolutions of the cells (or the manifest's range)
     threshold: int | None
     halfwidth: int | None
     public_keys: bool
@@ -303,6 +329,7 @@ class _Job:
         missing = [c for c in _REQUIRED_COLUMNS if c not in table.columns]
         if missing:
             raise InputError(f"the release table lacks column(s) {', '.join(missing)}")
+        table = _cell_columns(table)
         tz, tz_name = release_zone(m)
         starts = table.get_column("window_start")
         if starts.dtype != pl.Datetime("us", "UTC"):
@@ -319,18 +346,25 @@ class _Job:
         n_windows = view.windows or 0
         if n_windows <= 0:
             n_windows = int(table.get_column("w").max() or 0) + 1 if table.height else 1  # type: ignore[arg-type]
-        resolution = view.resolution
-        if resolution is None and table.height:
-            resolution = int(h3.get_resolution(table.get_column("cell")[0]))
+        resolutions = release_resolutions(view, table)
+        resolution = resolutions[0] if len(resolutions) == 1 else None
         threshold, halfwidth = view.release_threshold, view.ci95_halfwidth
         table = table.with_columns(_near_column(table, threshold, halfwidth).alias("_near"))
         keys = view.keys
         geom = area = None
         key_cells = boundary_name = None
         source = boundary if boundary is not None else (released.boundary or _recorded_boundary(m))
-        if source is not None and resolution is not None:
-            geom, area, key_cells = _boundary_layers(Path(source), keys, resolution)
+        if source is not None and resolutions:
+            # a mixed release's partition covers its roots: the boundary's cells at the coarsest
+            geom, area, key_cells = _boundary_layers(Path(source), keys, resolutions[0])
             boundary_name = Path(source).name
+            key_cells = key_cells if resolution is not None else None
+        if resolution is None and view.partition:  # the leaves, released or not: the key cells
+            # with their roots: H3 children do not tile their parent exactly, and the slivers
+            # between leaves of different resolutions are part of the area all the same
+            roots = {h3.cell_to_parent(c, resolutions[0]) for c in view.partition
+                     if h3.is_valid_cell(c) and h3.get_resolution(c) >= resolutions[0]}
+            area, key_cells = _cells_area([*view.partition, *sorted(roots)]), len(view.partition)
         counts = table.get_column("count")
         cmax = int(counts.max() or 0) if table.height else 0  # type: ignore[arg-type]
         cmin = int(counts.min() or 0) if table.height else 0  # type: ignore[arg-type]
@@ -344,6 +378,7 @@ class _Job:
             window_seconds=window_seconds,
             n_windows=n_windows,
             resolution=resolution,
+            resolutions=resolutions,
             threshold=threshold,
             halfwidth=halfwidth,
             public_keys=view.public_keys,
@@ -399,14 +434,35 @@ class _Job:
         )
         return int(mass.get_column("w")[0]) if mass.height else 0
 
+    @property
+    def mixed(self) -> bool:
+        """The cells mix H3 resolutions (an adaptive release)."""
+        return self.resolution is None and len(self.resolutions) > 1
+
+    def _rows(self, index: int) -> pl.DataFrame:
+        # coarse cells first: drawn in this order, finer cells stay on top of coarser ones
+        return self.table.filter(pl.col("w") == index).sort("_res", "cell")
+
     def cells(self, index: int) -> tuple[list[str], npt.NDArray[np.int64]]:
-        rows = self.table.filter(pl.col("w") == index).sort("cell")
+        rows = self._rows(index)
         return rows.get_column("cell").to_list(), rows.get_column("count").to_numpy().astype(np.int64)
 
     def near(self, index: int) -> npt.NDArray[np.bool_]:
         """Near-threshold flags of :meth:`cells` (same order)."""
-        rows = self.table.filter(pl.col("w") == index).sort("cell")
-        return rows.get_column("_near").to_numpy().astype(bool)
+        return self._rows(index).get_column("_near").to_numpy().astype(bool)
+
+    def km2(self, index: int) -> npt.NDArray[np.float64]:
+        """Areas of :meth:`cells` in km² (same order)."""
+        return self._rows(index).get_column("_km2").to_numpy().astype(np.float64)
+
+    def density_range(self) -> tuple[float, float]:
+        """Lowest and highest persons per km² over the period (one scale for all panels)."""
+        if not self.table.height:
+            return 1.0, 10.0
+        counts = self.table.get_column("count").clip(lower_bound=1)
+        density = (counts / self.table.get_column("_km2")).to_numpy()
+        low, high = float(density.min()), float(density.max())
+        return low, max(high, low * 10)
 
     @property
     def near_limit(self) -> int | None:
@@ -424,6 +480,19 @@ def _near_column(table: pl.DataFrame, threshold: int | None, halfwidth: int | No
     if threshold is not None and halfwidth is not None:
         return pl.col("count") < threshold + halfwidth
     return pl.lit(False)
+
+
+def _cell_columns(table: pl.DataFrame) -> pl.DataFrame:
+    """:func:`privmob.report.cells.cell_columns`, plus each cell's area in km² (``_km2``)."""
+    return cell_columns(table).with_columns(plh3.cell_area("cell", unit="km^2").alias("_km2"))
+
+
+def _cells_area(cells: Sequence[str]) -> Any:
+    """The union of these cells' polygons (shapely), e.g. an adaptive release's partition."""
+    from shapely import union_all
+    from shapely.geometry import Polygon
+
+    return union_all([Polygon(_hexagon(c)) for c in cells])
 
 
 def _load_release(release: ReleasedTable | str | Path) -> ReleasedTable:
@@ -501,12 +570,17 @@ class _Drawing:
         small: bool,
         ncols: int | None = None,
         extent: Extent = "auto",
+        colour: Colour = "auto",
     ) -> None:
         self.job = job
         self.indices = list(indices)
         self.small = small
         self.cmap = mpl.colormaps[cmap] if isinstance(cmap, str) else cmap
-        self.norm = Normalize(vmin=job.vmin, vmax=job.vmax)
+        if colour not in ("auto", "count", "density"):
+            raise InputError(f"colour must be 'auto', 'count' or 'density', not {colour!r}")
+        self.density = colour == "density" or (colour == "auto" and job.mixed)
+        self.norm: Normalize = (LogNorm(*job.density_range()) if self.density
+                                else Normalize(vmin=job.vmin, vmax=job.vmax))
         marking = job.view.marking or DEFAULT_MARKING
         # stacklevel 4: cjk_font → _Drawing → heatmap / small_multiples → the caller
         # (the place name is filtered by safe() instead: a rare character in it must not
@@ -625,6 +699,10 @@ class _Drawing:
         zone = f"{job.tz_name}, UTC{_utc_offset(first)}"
         res = job.resolution
         cell = f"H3 resolution {res}, ≈{_area_text(res)} per cell" if res is not None else "H3 cells"
+        if job.mixed:
+            low, high = job.resolutions[0], job.resolutions[-1]
+            cell = (f"adaptive H3 cells, res {low}–{high}, ≈{_area_text(high)} to ≈{_area_text(low)}"
+                    f"; colour: {'persons per km²' if self.density else 'persons per cell'}")
         if self.small:
             days = first.date().isoformat()
             if (last - dt.timedelta(microseconds=1)).date() != first.date():
@@ -661,15 +739,9 @@ class _Drawing:
             withheld = max(job.key_cells - len(cells), 0) if job.key_cells is not None else None
         # White seams separate hexagons that are big enough to see as hexagons; on small
         # ones they would wash the colour out, so those get seamless edges of their own colour.
-        minx, _, maxx, _ = self.bounds
-        hex_pt = 0.0
-        if hexagons:
-            hex_pt = float(np.ptp(hexagons[0][:, 0])) / max(maxx - minx, 1e-12) * self.panel_w * 72
-        edges: dict[str, Any] = (
-            {"edgecolors": "white", "linewidths": min(0.5, 0.05 * hex_pt)} if hex_pt >= 6
-            else {"edgecolors": "face", "linewidths": 0.15}
-        )
-        released = PolyCollection(hexagons, closed=True, array=counts, cmap=self.cmap, norm=self.norm,
+        values = counts / job.km2(index) if self.density else counts
+        edges = self._edges(hexagons, values)
+        released = PolyCollection(hexagons, closed=True, array=values, cmap=self.cmap, norm=self.norm,
                                   zorder=3, gid="released", **edges)
         ax.add_collection(released)
         near = job.near(index)
@@ -704,6 +776,26 @@ class _Drawing:
             _scale_bar(ax, self.bounds, small=self.small)
         return Panel(start, end, len(cells), withheld, ax)
 
+    def _edges(self, hexagons: Sequence[npt.NDArray[np.float64]],
+               values: npt.NDArray[Any]) -> dict[str, Any]:
+        """Edge colours and widths: white seams on hexagons big enough to read as hexagons,
+        seamless edges of their own colour on small ones (seams would wash them out). Cells
+        of mixed resolutions each get the style of their own size."""
+        minx, _, maxx, _ = self.bounds
+
+        def points(hexagon: npt.NDArray[np.float64]) -> float:
+            return float(np.ptp(hexagon[:, 0])) / max(maxx - minx, 1e-12) * self.panel_w * 72
+
+        if not self.job.mixed:
+            hex_pt = points(hexagons[0]) if len(hexagons) else 0.0
+            return ({"edgecolors": "white", "linewidths": min(0.5, 0.05 * hex_pt)} if hex_pt >= 6
+                    else {"edgecolors": "face", "linewidths": 0.15})
+        sizes = np.array([points(h) for h in hexagons])
+        own = self.cmap(self.norm(values)) if len(hexagons) else np.zeros((0, 4))
+        big = sizes >= 6
+        colours = np.where(big[:, None], mpl.colors.to_rgba("white"), own)
+        return {"edgecolors": colours, "linewidths": np.where(big, np.minimum(0.5, 0.05 * sizes), 0.15)}
+
     def _locator(self, ax: Axes) -> None:
         """A small map of the whole area with the zoomed view outlined."""
         job = self.job
@@ -729,6 +821,12 @@ class _Drawing:
         job = self.job
         mappable = ScalarMappable(norm=self.norm, cmap=self.cmap)
         bar = fig.colorbar(mappable, cax=cax)
+        if self.density:
+            bar.set_label("key-group persons per km² (noisy count ÷ cell area; log scale)", fontsize=10)
+            bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+            bar.ax.tick_params(labelsize=9)
+            bar.outline.set_linewidth(0.5)
+            return
         half = f" ± {job.halfwidth}" if job.halfwidth is not None else ""
         bar.set_label(f"distinct key-group persons (noisy count, 95%{half} away from the threshold)",
                       fontsize=10)
@@ -742,9 +840,13 @@ class _Drawing:
 
     def _legend(self, fig: Figure, x: float, y: float, *, note_y: float) -> None:
         job = self.job
+        colour = ""
+        if job.mixed:
+            colour = ("; colour = persons per km² (cells differ in size)" if self.density
+                      else "; colour = persons per cell (bigger cells hold more)")
         handles: list[Any] = [
             Patch(facecolor=self.cmap(0.6), edgecolor="white",
-                  label=f"released: noisy count ≥ {job.vmin}"),
+                  label=f"released: noisy count ≥ {job.vmin}{colour}"),
         ]
         thr = job.threshold if job.threshold is not None else job.vmin
         limit = job.near_limit
@@ -784,16 +886,27 @@ class _Drawing:
                 if self.job.halfwidth is not None else "")
         bounding = v.max_cells_per_window
         line1 = (f"Person-level differential privacy: {mech} noise (OpenDP), {budget} for the period"
-                 + (f"; ≤ {bounding} cell(s) per person and window" if bounding else "") + half + ".")
+                 + (f"; ≤ {bounding} cell(s) per person and window" if bounding else "")
+                 + (f"; ≤ {v.max_pairs} (cell, window) pairs per person" if v.max_pairs else "")
+                 + half + ".")
         thr = self.job.threshold
-        n_cells = self.job.key_cells or v.key_cells
+        n_cells = self.job.key_cells or (v.key_cells if not self.job.mixed else None)
         keys = (
             f"public keys: {_count(n_cells)} cells × {self.job.n_windows} windows, all noised"
             if self.job.public_keys
             else "keys selected by a DP threshold"
         )
+        res = self.job.resolutions
+        if self.job.mixed:
+            adaptive = " (adaptive)" if v.adaptive else ""
+            cells = f"H3 cells res {res[0]}–{res[-1]}{adaptive}: finer where more persons were"
+            if self.job.public_keys:
+                keys = (f"public keys: {_count(n_cells) if n_cells is not None else 'the'} cells of a "
+                        f"public partition × {self.job.n_windows} windows, all noised")
+        else:
+            cells = f"H3 resolution {self.job.resolution}"
         line2 = (f"Counts below the release threshold {thr if thr is not None else '?'} are withheld "
-                 f"(min_count {_num(v.min_count)}); {keys}. H3 resolution {self.job.resolution}, "
+                 f"(min_count {_num(v.min_count)}); {keys}. {cells}, "
                  f"{v.window or '?'} windows, period {v.key_period or '?'}.")
         signed = f"signed: {v.signature_fingerprint}" if v.signature_fingerprint else "UNSIGNED"
         line3 = (f"Release {v.release_id or '?'} · {signed} · purpose {v.purpose or '?'}"
@@ -902,8 +1015,9 @@ def _map_bounds(job: _Job, extent: Extent = "auto") -> tuple[float, float, float
         minx, miny = points.min(axis=0)
         maxx, maxy = points.max(axis=0)
         # at least ~15 cells across, and some context around the released cells
+        finest = job.resolutions[-1] if job.resolutions else 7
         span = max(maxx - minx, maxy - miny, 15 * h3.average_hexagon_edge_length(
-            job.resolution or 7, unit="km") / 111.32 * 2)
+            finest, unit="km") / 111.32 * 2)
         cx, cy = (minx + maxx) / 2, (miny + maxy) / 2
         half_x = max(maxx - minx, span * 0.6) / 2 * 1.25
         half_y = max(maxy - miny, span * 0.6) / 2 * 1.25

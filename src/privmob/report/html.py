@@ -16,6 +16,10 @@ What the page shows:
   whole period, with a slider over the windows (labelled in the job's local time);
   hovering a hexagon shows its count and 95% interval — or "withheld" for a public-key
   cell whose noisy count was below the release threshold (a missing number is not a zero);
+* an adaptive release (cells of mixed H3 resolutions, fine where many persons were): every
+  cell drawn as its own polygon, coarse ones under finer ones, coloured by persons per km²
+  (a big cell holds more persons merely for being big), its resolution and area on hover,
+  and a sentence saying what "adaptive" means;
 * near-threshold hexagons (``near_threshold``: noisy count < τ + half-width) with a dashed
   outline and "near threshold" on hover, and, in the legend and the note (Chinese and
   English), that such counts are biased upward and their intervals are selection-aware;
@@ -55,6 +59,7 @@ from typing import Any
 import h3
 import numpy as np
 import polars as pl
+import polars_h3 as plh3
 
 from privmob._version import __version__
 from privmob.config import DEFAULT_MARKING, parse_duration
@@ -62,6 +67,8 @@ from privmob.errors import InputError
 from privmob.privacy.intervals import SELECTION_NOTE
 from privmob.release.manifest import ManifestView
 from privmob.release.table import ReleasedTable, release_zone
+from privmob.report.cells import cell_columns
+from privmob.report.cells import resolutions as release_resolutions
 from privmob.report.fonts import cjk_characters, embed_cjk, text_outline
 
 __all__ = ["CSP", "html_report", "write_html_report"]
@@ -79,6 +86,13 @@ CSP = (
 #: escaped text of the page can, so the first occurrence is always the page's own.
 _FONT_SLOT = "<privmob:font-face>"
 _FONT_NOTE_SLOT = "<privmob:font-note>"
+
+#: What the page says an adaptive release is (one sentence).
+ADAPTIVE_NOTE = (
+    "This release is adaptive: the area was split into smaller cells only where enough persons "
+    "were present to count them reliably, so busy places show small cells and quiet ones large "
+    "cells, and colours show persons per km² so that cells of different sizes compare fairly."
+)
 
 #: Manifest fields that describe the *exact* input (not differentially private): the
 #: manifest itself says they must not be published with the table, so the page omits them.
@@ -353,9 +367,10 @@ class _Page:
             )
         win = _Windows(tz=win.tz, tz_name=win.tz_name, start=win.start, seconds=win.seconds, count=n_windows)
 
-        resolution = view.resolution
-        if resolution is None and table.height:
-            resolution = int(h3.get_resolution(table.get_column("cell")[0]))
+        table = _cell_columns(table)
+        resolutions = release_resolutions(view, table)
+        resolution = resolutions[0] if len(resolutions) == 1 else None
+        mixed = resolution is None and len(resolutions) > 1
         keys, public = view.keys, view.public_keys
         notes: list[str] = []
         source = Path(boundary) if boundary is not None else (release.boundary or _recorded_boundary(m))
@@ -365,6 +380,8 @@ class _Page:
 
         released_cells = sorted(set(table.get_column("cell").to_list()))
         key_cells = area.key_cells if area is not None else None
+        if mixed:  # the key cells are the partition's leaves, released or not
+            key_cells = list(view.partition) if public and view.partition else None
         cells = sorted(set(released_cells) | set(key_cells or ()))
         index = {c: i for i, c in enumerate(cells)}
         key_set = set(key_cells or ())
@@ -430,7 +447,18 @@ class _Page:
             "busiest": busiest,
             "marking": marking,
         }
-        if public and key_cells is None:
+        if mixed:
+            data.update(_mixed_cells(cells, table, resolutions))
+            if key_cells is not None:  # painted under the withheld cells: no white slivers
+                data["roots"] = _hexagons(sorted({h3.cell_to_parent(c, resolutions[0]) for c in key_cells
+                                                  if h3.get_resolution(c) >= resolutions[0]}))[0]
+        if public and key_cells is None and mixed:
+            notes.append(
+                "This adaptive release does not list its partition (its cells, released or not): "
+                "withheld cells are not drawn, so an area without cells may still hold up to about "
+                f"{threshold if threshold is not None else '?'} persons per cell."
+            )
+        elif public and key_cells is None:
             notes.append(
                 "This release used public keys, but no boundary file was given: withheld cells "
                 "are not drawn, so an area without hexagons may still hold up to about "
@@ -485,6 +513,10 @@ class _Page:
             check += "</div>"
         res = self.data["resolution"]
         area_text = f" (≈ {self.data['areaKm2']:g} km² per hexagon)" if self.data["areaKm2"] else ""
+        adaptive = self.data.get("adaptive")
+        if adaptive is not None:
+            res = f"{adaptive['min']}–{adaptive['max']}, adaptive"
+            area_text = f" (≈ {adaptive['km2'][0]:g} to {adaptive['km2'][1]:,.0f} km² per cell)"
         length = esc(view.window or _duration(self.windows.seconds))
         sub = " · ".join(
             part
@@ -525,6 +557,7 @@ class _Page:
             f'<p class="sub">{sub}</p>',
             f'<p class="sig" id="signature">{signed}</p>',
             check,
+            f'<p class="sub" id="adaptive-note">{esc(ADAPTIVE_NOTE)}</p>' if adaptive is not None else "",
             notes,
             _FONT_NOTE_SLOT,
             "</section>",
@@ -533,7 +566,8 @@ class _Page:
             '<section class="card" id="cells-section"><h2>Released cells in this window</h2>'
             '<p class="hint" id="cells-caption"></p>'
             '<table class="cells" id="cells-table"><thead><tr><th>#</th><th>H3 cell</th>'
-            "<th>centre (lat, lng)</th><th class=\"num\">count</th><th class=\"num\">95% interval</th>"
+            + ('<th class="num">res</th><th class="num">area km²</th>' if adaptive is not None else "")
+            + "<th>centre (lat, lng)</th><th class=\"num\">count</th><th class=\"num\">95% interval</th>"
             "</tr></thead><tbody></tbody></table></section>",
             self._manifest_section(),
             "</main>",
@@ -596,6 +630,8 @@ class _Page:
         if d["flows"]:
             layers.append('<label><input type="checkbox" id="toggle-flows" checked> flows</label>')
         zh = html.escape(_marking_halves(self.marking)[0])
+        kicker = ("Key-group persons per km² (noisy count ÷ cell area: cells differ in size)"
+                  if d.get("colourBy") == "density" else "Distinct key-group persons (noisy)")
         return f"""<section class="viewer">
 <div class="mapcard">
 <div class="mapwrap" id="mapwrap">
@@ -641,7 +677,7 @@ are readable without it; the counts are in release.csv / release.parquet.</p></n
 <div id="window-stats" class="stats"></div>
 </div>
 <div class="card legend">
-<div class="kicker">Distinct key-group persons (noisy)</div>
+<div class="kicker">{kicker}</div>
 <svg id="colour-bar" class="colour-bar" aria-label="colour scale"></svg>
 <ul class="keys">{near_item}{withheld_item}{boundary_item}{flows_item}</ul>
 {selection_note}
@@ -798,7 +834,10 @@ cover the true count 95% of the time among published cells) and may reach down t
             add(g, "Keys", f"{v.keys} (selected by a differentially private threshold)")
 
         g = "Grid and contribution bounds"
-        add(g, "Cells", f"H3 resolution {v.resolution}" if v.resolution is not None else None)
+        add(g, "Cells", f"H3 resolution {v.resolution}" if v.resolution is not None else
+            f"adaptive H3 cells, resolution {v.resolutions[0]}–{v.resolutions[1]}"
+            + (f", {len(v.partition):,} cells in the partition" if v.partition else "")
+            if v.adaptive and v.resolutions is not None else None)
         window = v.window or _duration(self.windows.seconds)
         add(g, "Time windows", f"{self.windows.count} × {window}, time zone {self.windows.tz_name}")
         add(g, "Key groups", ", ".join(v.scope_groups) or None)
@@ -807,6 +846,8 @@ cover the true count 95% of the time among published cells) and may reach down t
             bound.append(f"≤ {v.max_cells_per_window} cell(s) per person and window")
         if v.max_windows is not None:
             bound.append(f"≤ {v.max_windows} window(s) per person")
+        if v.max_pairs is not None:
+            bound.append(f"≤ {v.max_pairs} (cell, window) pairs per person over the period")
         if v.sensitivity is not None:
             l1, l2 = v.sensitivity
             bound.append(f"sensitivity L1 = {_num(l1)}, L2 = {_num(l2, 4)}")
@@ -861,11 +902,13 @@ cover the true count 95% of the time among published cells) and may reach down t
             "cells_suppressed", "keys", "key_cells", "n_keys", "threshold", "resolution", "window",
             "windows", "timezone", "scope", "max_cells_per_window", "max_windows", "sensitivity",
             "bounding", "stages", "pseudonymisation", "identifier_columns_dropped", "signature",
-            "input_sha256", "config_sha256", "files", "flows", "privacy_unit",
+            "input_sha256", "config_sha256", "files", "flows", "privacy_unit", "resolutions",
         }
         for key, value in m.items():
             if key in known or key in _OPERATOR_ONLY or value is None:
                 continue
+            if key == "adaptive" and isinstance(value, Mapping):  # its cells are drawn, not listed
+                value = {k: v for k, v in value.items() if k != "leaf_cells"}
             text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
             add("Other fields", key, text)
 
@@ -920,6 +963,32 @@ cover the true count 95% of the time among published cells) and may reach down t
 
 
 # ── helpers ──────────────────────────────────────────────────────────────────────────
+
+
+_cell_columns = cell_columns
+
+
+def _mixed_cells(cells: Sequence[str], table: pl.DataFrame, resolutions: Sequence[int]) -> dict[str, Any]:
+    """What the page needs to draw cells of several sizes: each cell's resolution and area
+    (km², 3 significant digits), and the density scale (persons per km², over the period)."""
+    res = [int(h3.get_resolution(c)) for c in cells]
+    km2 = [float(f"{h3.cell_area(c, 'km^2'):.3g}") for c in cells]
+    density = (table.get_column("count").clip(lower_bound=1)
+               / table.select(plh3.cell_area("cell", unit="km^2")).to_series()).to_numpy()
+    low = float(density.min()) if density.size else 1.0
+    high = max(float(density.max()) if density.size else 10.0, low * 10)
+    return {
+        "cellRes": res,
+        "cellKm2": km2,
+        "colourBy": "density",
+        "dmin": float(f"{low:.4g}"),
+        "dmax": float(f"{high:.4g}"),
+        "adaptive": {
+            "min": resolutions[0], "max": resolutions[-1],
+            "km2": [float(f"{h3.average_hexagon_area(r, 'km^2'):.3g}")
+                    for r in (resolutions[-1], resolutions[0])],
+        },
+    }
 
 
 def _hexagons(cells: Sequence[str]) -> tuple[list[list[int]], list[float] | None]:

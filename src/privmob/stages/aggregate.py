@@ -90,7 +90,9 @@ class ExactCounts:
     #: Extra input columns (never read into the pipeline) that are identifiers by name.
     identifier_names: tuple[str, ...] = ()
     #: Per parent resolution of the job: distinct persons per (parent cell, window) from the
-    #: bounded rows (:func:`level_counts`), never summed child counts.
+    #: bounded rows (:func:`level_counts`), never summed child counts — except in an adaptive
+    #: release, where a level counts kept (person, cell, window) pairs, the sum of its cells
+    #: (:func:`privmob.stages.hierarchy.level_pair_counts`), so consistency can hold.
     levels: dict[int, pl.DataFrame] = field(default_factory=dict)
     #: Rows dropped as out of scope per normalised group value: only values that look like
     #: a group label (:func:`privmob.stages.scope.out_of_scope_by_group`); the rest are summed under

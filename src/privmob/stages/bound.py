@@ -60,13 +60,13 @@ def bound(dwell_frame: pl.DataFrame, max_cells_per_window: int, max_windows: int
     -------
     The kept rows, same columns; every (pid, window, cell) at most once.
     """
-    cells = _top_per_group(
+    cells = top_per_group(
         dwell_frame.with_columns((pl.col("pid") ^ pl.col("cell").cast(pl.Int64)).alias("_tie")),
         ["pid", "window"], "minutes", max_cells_per_window,
     ).select("pid", "window", "cell", "minutes")
     if dwell_frame["window"].n_unique() <= max_windows:
         return cells  # nobody has more windows than the whole frame: the cap drops nothing
-    windows = _top_per_group(
+    windows = top_per_group(
         dwell_frame.group_by("pid", "window")
         .agg(pl.col("minutes").sum().alias("_window_minutes"))
         .with_columns((pl.col("pid") ^ pl.col("window").cast(pl.Int64)).alias("_tie")),
@@ -75,7 +75,7 @@ def bound(dwell_frame: pl.DataFrame, max_cells_per_window: int, max_windows: int
     return cells.join(windows.select("pid", "window"), on=["pid", "window"], how="semi")
 
 
-def _top_per_group(frame: pl.DataFrame, by: list[str], order: str, k: int) -> pl.DataFrame:
+def top_per_group(frame: pl.DataFrame, by: list[str], order: str, k: int) -> pl.DataFrame:
     """The first ``k`` rows of each ``by`` group, largest ``order`` first, then largest ``_tie``.
 
     One sort and a linear scan (a row's place in its group is its index minus the index of

@@ -23,7 +23,26 @@
     return [parseInt(h.substr(1, 2), 16), parseInt(h.substr(3, 2), 16), parseInt(h.substr(5, 2), 16)];
   });
   function colour(v) {
-    var t = (v - D.vmin) / Math.max(D.vmax - D.vmin, 1);
+    return colourAt((v - D.vmin) / Math.max(D.vmax - D.vmin, 1));
+  }
+  // An adaptive release mixes cell sizes: a big cell holds more persons merely for being big, so
+  // its cells are coloured by persons per km² on a log scale (D.colourBy === "density").
+  var DENSITY = D.colourBy === "density";
+  function densityT(d) {
+    var lo = Math.log(D.dmin), hi = Math.log(D.dmax);
+    return (Math.log(Math.max(d, 1e-12)) - lo) / Math.max(hi - lo, 1e-12);
+  }
+  function shade(idx, count) {
+    return DENSITY ? colourAt(densityT(Math.max(count, 1) / D.cellKm2[idx])) : colour(count);
+  }
+  function cellFacts(idx, count) {
+    // resolution and area of a cell of an adaptive release (and its density, for a count)
+    if (!D.cellRes) { return null; }
+    var a = D.cellKm2[idx];
+    return "H3 resolution " + D.cellRes[idx] + " · area ≈ " + nf.format(a) + " km²" +
+      (count === null ? "" : " · " + nf.format(+(count / a).toPrecision(3)) + " persons per km²");
+  }
+  function colourAt(t) {
     t = Math.min(1, Math.max(0, t)) * (RGB.length - 1);
     var i = Math.min(Math.floor(t), RGB.length - 2), f = t - i, a = RGB[i], b = RGB[i + 1];
     return "rgb(" + [0, 1, 2].map(function (k) { return Math.round(a[k] + (b[k] - a[k]) * f); }).join(",") + ")";
@@ -50,11 +69,13 @@
     return close ? d + "Z" : d;
   }
   // Cell outlines arrive as [lng0, lat0, dlng1, dlat1, ...] in 1e-5 degrees; decode once.
-  D.poly = D.poly.map(function (p) {
+  function decode(p) {
     var out = new Array(p.length), x = 0, y = 0;
     for (var i = 0; i < p.length; i += 2) { x += p[i]; y += p[i + 1]; out[i] = x / 1e5; out[i + 1] = y / 1e5; }
     return out;
-  });
+  }
+  D.poly = D.poly.map(decode);
+  if (D.roots) { D.roots = D.roots.map(decode); }
   // Window values arrive as a count (interval = count ± half-width, clipped at 0), [count, lo, hi],
   // or [count, lo, hi, 1] near the threshold (selection-aware interval); all become [count, lo, hi, near].
   D.windows.forEach(function (w) {
@@ -107,6 +128,10 @@
         var p0 = D.poly[idx];
         size = Math.max(Math.abs(X(p0[0]) - X(p0[6])), Math.abs(Y(p0[1]) - Y(p0[7])), 1e-6) * 1.2;
       }
+      if (D.cellRes) {  // cells of several sizes: the grid is as coarse as the largest
+        var pk = D.poly[idx];
+        size = Math.max(size, Math.abs(X(pk[0]) - X(pk[6])) * 1.2, Math.abs(Y(pk[1]) - Y(pk[7])) * 1.2);
+      }
       var c = centre(idx), key = Math.floor(X(c[0]) / size) + ":" + Math.floor(Y(c[1]) / size);
       (grid[key] = grid[key] || []).push(idx);
     });
@@ -144,6 +169,14 @@
     ctx.setTransform(k, 0, 0, k, -vx * k, -vy * k);
     // One small path per cell: a single path of every cell is far slower to fill in software.
     ctx.fillStyle = hatchPattern(dpr / k);
+    (D.roots || []).forEach(function (ring) {
+      // an adaptive partition's roots, under its cells: H3 children do not tile their parent
+      // exactly, and the slivers between cells of different sizes are withheld area too
+      ctx.beginPath();
+      for (var r = 0; r < ring.length; r += 2) { ctx[r ? "lineTo" : "moveTo"](X(ring[r]), Y(ring[r + 1])); }
+      ctx.closePath();
+      ctx.fill();
+    });
     ctx.strokeStyle = "#ffffff";
     ctx.lineWidth = 0.7 * dpr / k;
     for (var n = 0; n < keyList.length; n++) {
@@ -332,6 +365,8 @@
       var cellLines = ["95% interval " + nf.format(+lo) + " – " + nf.format(+hi) +
           (near ? " (selection-aware)" : (D.halfwidth !== null ? " (± " + D.halfwidth + ")" : "")),
           "cell " + target.getAttribute("data-cell"), w.label];
+      var facts = cellFacts(+target.getAttribute("data-idx"), c);
+      if (facts) { cellLines.splice(1, 0, facts); }
       if (near) {
         cellLines.unshift("near threshold: biased upward (published because its noise lifted it over " +
           (D.threshold !== null ? D.threshold : "the threshold") + ")");
@@ -353,7 +388,8 @@
         big: "withheld",
         lines: ["noisy count below the release threshold " + (D.threshold !== null ? D.threshold : "") +
           ": fewer than about " + (D.threshold !== null ? D.threshold : "that many") +
-          " persons, possibly none — not zero", "cell " + D.cells[idx], w.label],
+          " persons, possibly none — not zero", "cell " + D.cells[idx]].concat(
+          D.cellRes ? [cellFacts(idx, null)] : [], [w.label]),
         idx: idx
       };
     }
@@ -433,8 +469,10 @@
     var n = 48;
     for (var i = 0; i < n; i++) {
       var v = D.vmin + (D.vmax - D.vmin) * (i + 0.5) / n;
-      el("rect", { x: x0 + (x1 - x0) * i / n, y: 4, width: (x1 - x0) / n + 0.6, height: 14, fill: colour(v) }, bar);
+      el("rect", { x: x0 + (x1 - x0) * i / n, y: 4, width: (x1 - x0) / n + 0.6, height: 14,
+        fill: DENSITY ? colourAt((i + 0.5) / n) : colour(v) }, bar);
     }
+    if (DENSITY) { densityTicks(bar, x0, x1); return; }
     var span = D.vmax - D.vmin, p = Math.pow(10, Math.floor(Math.log(Math.max(span, 1) / 4) / Math.LN10));
     var step = p;
     [1, 2, 5, 10].forEach(function (m) { if (span / (m * p) >= 3) { step = m * p; } });
@@ -452,6 +490,24 @@
     var cap = el("text", { x: x0, y: 44 }, bar);
     cap.textContent = (D.threshold !== null ? "release threshold " + D.threshold + " · " : "") +
       (D.halfwidth !== null ? "each count ± " + D.halfwidth + " (95%)" : "");
+  }
+
+  function densityTicks(bar, x0, x1) {
+    // powers of ten between the lowest and highest density (log scale), and the ends
+    var ticks = [D.dmin];
+    for (var e = Math.ceil(Math.log(D.dmin) / Math.LN10); Math.pow(10, e) < D.dmax; e++) {
+      var t = Math.pow(10, e), f = densityT(t);
+      if (f > 0.12 && f < 0.88) { ticks.push(t); }
+    }
+    ticks.push(D.dmax);
+    ticks.forEach(function (t, j) {
+      var x = x0 + (x1 - x0) * densityT(t);
+      el("line", { x1: x, x2: x, y1: 18, y2: 22, stroke: "#333", "stroke-width": 1 }, bar);
+      var label = el("text", { x: x, y: 33, "text-anchor": j === 0 ? "start" : (j === ticks.length - 1 ? "end" : "middle") }, bar);
+      label.textContent = nf.format(+t.toPrecision(2));
+    });
+    var cap = el("text", { x: x0, y: 44 }, bar);
+    cap.textContent = "persons per km², log scale" + (D.threshold !== null ? " · release threshold " + D.threshold + " persons" : "");
   }
 
   function drawFlows(w) {
@@ -478,10 +534,14 @@
       tr.appendChild(html("td", String(i + 1)));
       var td = html("td");
       var sw = html("span", null, "swatch");
-      sw.style.background = colour(e.v[0]);
+      sw.style.background = shade(e.idx, e.v[0]);
       td.appendChild(sw);
       td.appendChild(html("code", D.cells[e.idx]));
       tr.appendChild(td);
+      if (D.cellRes) {
+        tr.appendChild(html("td", String(D.cellRes[e.idx]), "num"));
+        tr.appendChild(html("td", nf.format(D.cellKm2[e.idx]), "num"));
+      }
       tr.appendChild(html("td", ctr[1].toFixed(4) + ", " + ctr[0].toFixed(4)));
       tr.appendChild(html("td", nf.format(e.v[0]), "num"));
       tr.appendChild(html("td", nf.format(e.v[1]) + " – " + nf.format(e.v[2]) +
@@ -508,12 +568,18 @@
     // neighbour's seam covers their dashed outline
     var order = entries.slice().reverse();
     order = order.filter(function (e) { return !e.v[3]; }).concat(order.filter(function (e) { return e.v[3]; }));
+    if (D.cellRes) {  // cells of several sizes: coarse ones first, so finer ones stay on top
+      order = order.map(function (e, i) { return { e: e, i: i }; }).sort(function (a, b) {
+        return D.cellRes[a.e.idx] - D.cellRes[b.e.idx] || a.i - b.i;
+      }).map(function (o) { return o.e; });
+    }
     order.forEach(function (e) {
       var attrs = {
-        d: cellPath(e.idx), fill: colour(e.v[0]), tabindex: 0, "data-idx": e.idx, "data-cell": D.cells[e.idx],
+        d: cellPath(e.idx), fill: shade(e.idx, e.v[0]), tabindex: 0, "data-idx": e.idx, "data-cell": D.cells[e.idx],
         "data-count": e.v[0], "data-lo": e.v[1], "data-hi": e.v[2], "data-near": e.v[3] ? 1 : 0
       };
       if (e.v[3]) { attrs["class"] = "near"; }
+      if (D.cellRes) { attrs["data-res"] = D.cellRes[e.idx]; attrs["data-km2"] = D.cellKm2[e.idx]; }
       frag.appendChild(el("path", attrs));
     });
     layers.released.appendChild(frag);
