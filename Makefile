@@ -1,35 +1,35 @@
 # The two commands a newcomer needs (see README.md):
-#   make demo   set up .venv with the base install and run the release job on the bundled sample
+#   make demo   set up .venv with privmob[report] and run the release job on the bundled sample
 #   make test   set up .venv with every extra ([dev]) and run the whole test suite (lint, types, tests)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 HASH   := $(shell cat pyproject.toml | $(PYTHON) -c "import hashlib,sys;print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest()[:12])")
 # One stamp per install, named after pyproject.toml's digest: editing it reinstalls.
-# [dev] contains every extra, so a dev install also satisfies the base stamp.
-BASE_STAMP := $(VENV)/.installed-base-$(HASH)
+# [dev] contains every extra, so a dev install also satisfies the demo stamp.
+DEMO_STAMP := $(VENV)/.installed-demo-$(HASH)
 DEV_STAMP  := $(VENV)/.installed-dev-$(HASH)
 
 .PHONY: demo test system-deps bench clean
 
-$(BASE_STAMP): pyproject.toml
+$(DEMO_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	test -f $(DEV_STAMP) || { $(BIN)/python -m pip install --quiet --upgrade pip && \
-	  $(BIN)/python -m pip install --quiet -e .; }
-	rm -f $(VENV)/.installed-base-*
+	  $(BIN)/python -m pip install --quiet -e '.[report]'; }
+	rm -f $(VENV)/.installed-demo-*
 	touch $@
 
 $(DEV_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	rm -f $(VENV)/.installed-dev-* $(VENV)/.installed-base-*
-	touch $@ $(BASE_STAMP)
+	rm -f $(VENV)/.installed-dev-* $(VENV)/.installed-demo-*
+	touch $@ $(DEMO_STAMP)
 
-# The demo needs only the base install (no report, forecasting, evaluation, GDAL or Spark
-# extras): without [report] it writes the signed release and says that
-# `pip install 'privmob[report]'` adds its heatmaps and HTML report.
-demo: $(BASE_STAMP)
+# The demo installs privmob with its reports ([report]: heatmaps and the HTML page), not the
+# forecasting, evaluation, GDAL or Spark extras. A plain `pip install privmob` runs it too,
+# writing the signed release without pictures and saying which extra draws them.
+demo: $(DEMO_STAMP)
 	$(BIN)/privmob demo --out out/demo
 
 # System packages the tests use, from Debian: Chromium and the Noto CJK fonts for the browser
