@@ -270,7 +270,7 @@ class AdaptiveConfig:
     its depth); the rest pays for the counts, where each person contributes at most
     ``max_pairs`` (cell, window) pairs per period (their longest stays), so L1 = max_pairs.
     The threshold keeps the expected number of spurious cells in the whole table at or
-    below ``max_spurious_cells``.
+    below ``[privacy] max_spurious_cells``.
     """
 
     min_resolution: int = 4
@@ -281,7 +281,6 @@ class AdaptiveConfig:
     #: hold, on average, counts the release can publish; privmob.privacy.tablespec).
     split_threshold: int = 0
     max_pairs: int = 6
-    max_spurious_cells: float = 1.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.min_resolution, int) or isinstance(self.min_resolution, bool) \
@@ -296,8 +295,6 @@ class AdaptiveConfig:
             raise ConfigError("[adaptive] split_threshold must be an integer ≥ 0 (0 = automatic)")
         if not isinstance(self.max_pairs, int) or not 1 <= self.max_pairs <= 10_000:
             raise ConfigError("[adaptive] max_pairs must be an integer from 1 to 10000")
-        if not _finite_positive(self.max_spurious_cells) or self.max_spurious_cells > 1000:
-            raise ConfigError("[adaptive] max_spurious_cells must be a number in (0, 1000]")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -305,8 +302,11 @@ class PrivacyConfig:
     """The privacy parameters. See README "Privacy model" and docs/adr/0001.
 
     ``min_count`` is the policy floor on published counts; the release threshold is the
-    larger of it and the noise-derived threshold that keeps the expected rate of spurious
-    cells (empty keys released by noise alone) at or below ``max_spurious_rate``.
+    larger of it and the noise-derived threshold that keeps spurious cells (empty keys
+    released by noise alone) rare: with public keys, at most ``max_spurious_cells``
+    expected in a whole table (a per-release target: a table of 12 million keys needs a far
+    higher threshold than one of 500); with data-dependent keys, or when
+    ``max_spurious_rate`` is set, at most that rate per key (default 1e-4).
     """
 
     mechanism: Mechanism = "gaussian"
@@ -316,7 +316,16 @@ class PrivacyConfig:
     max_cells_per_window: int = 1
     max_windows: int = 24
     min_count: int = 10
-    max_spurious_rate: float = 1e-4
+    max_spurious_rate: float | None = None
+    max_spurious_cells: float = 1.0
+
+    #: The per-key rate where there is no public key set to spread a per-table target over.
+    DEFAULT_SPURIOUS_RATE: ClassVar[float] = 1e-4
+
+    @property
+    def spurious_rate(self) -> float:
+        """The per-key rate for threshold keys (or the one the job set)."""
+        return self.DEFAULT_SPURIOUS_RATE if self.max_spurious_rate is None else self.max_spurious_rate
 
     def __post_init__(self) -> None:
         if self.mechanism not in ("laplace", "gaussian"):
@@ -346,8 +355,11 @@ class PrivacyConfig:
                 f"[privacy] min_count = {self.min_count!r} must be an integer from 1 to 10⁹ "
                 "(0 would publish every noisy key, including empty ones)"
             )
-        if not 0 < self.max_spurious_rate <= 0.5:
+        if self.max_spurious_rate is not None and not 0 < self.max_spurious_rate <= 0.5:
             raise ConfigError("[privacy] max_spurious_rate must be in (0, 0.5]")
+        if not _finite_positive(self.max_spurious_cells) or self.max_spurious_cells > 1000:
+            raise ConfigError("[privacy] max_spurious_cells must be a number in (0, 1000]: the "
+                              "expected empty cells noise may publish in a table (e.g. 1)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -762,7 +774,8 @@ def _coerce(section: str, name: str, value: Any, base_dir: Path | None) -> Any:
     return value
 
 
-_OPTIONAL = {("job", "expected_persons"), ("privacy", "rho"), ("scope", "assume_group"),
+_OPTIONAL = {("job", "expected_persons"), ("privacy", "rho"), ("privacy", "max_spurious_rate"),
+             ("scope", "assume_group"),
              ("budget", "epsilon_per_day"), ("budget", "rho_per_day"), ("flows", "rho"),
              ("flows", "min_count")}
 _FIELD_TYPES: dict[tuple[str, str], type] = {
@@ -786,6 +799,7 @@ _FIELD_TYPES: dict[tuple[str, str], type] = {
     ("privacy", "max_windows"): int,
     ("privacy", "min_count"): int,
     ("privacy", "max_spurious_rate"): float,
+    ("privacy", "max_spurious_cells"): float,
     ("job", "linkage_days"): int,
     ("job", "reports"): bool,
     ("job", "allow_empty"): bool,
@@ -815,5 +829,4 @@ _FIELD_TYPES: dict[tuple[str, str], type] = {
     ("adaptive", "cells_per_person"): int,
     ("adaptive", "split_threshold"): int,
     ("adaptive", "max_pairs"): int,
-    ("adaptive", "max_spurious_cells"): float,
 }

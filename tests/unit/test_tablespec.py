@@ -98,3 +98,35 @@ def test_a_gaussian_manifest_states_the_zcdp_composition(key_env: str) -> None:
     assert m["budget_exact"]["epsilon_exact"] == str(plan.cost.epsilon)
     assert m["epsilon"] == float(plan.cost.epsilon) < 0.75 * float(summed)
     assert m["rho"] == pytest.approx(sum(v["rho"] for v in split.values()), rel=1e-12)
+
+
+@pytest.mark.parametrize("n_cells", [10, 1_000, 100_000])
+def test_public_keys_expect_at_most_one_spurious_cell_per_table_whatever_their_number(n_cells: int) -> None:
+    """The threshold is a per-table target (ADR 0002): n_keys · P(noise ≥ t) ≤ 1 with the
+    lowest such t — so it grows with the key set instead of letting spurious cells grow."""
+    import numpy as np
+
+    from privmob.config import PrivacyConfig
+    from privmob.privacy.mechanism import Sensitivity
+    from privmob.privacy.tablespec import spec
+
+    keys = PublicKeys((("cell", np.arange(n_cells, dtype=np.uint64)),
+                       ("window", np.arange(24, dtype=np.int64))), "test")
+    privacy = PrivacyConfig(mechanism="laplace", min_count=1)
+    s = spec("occupancy", privacy, Sensitivity(1, 24), keys)
+    assert keys.n_keys * s.noise.tail(s.threshold) <= 1.0
+    assert keys.n_keys * s.noise.tail(s.threshold - 1) > 1.0
+    # a per-key rate, when the job sets one, is what it asks for
+    per_key = spec("occupancy", PrivacyConfig(mechanism="laplace", min_count=1, max_spurious_rate=1e-4),
+                   Sensitivity(1, 24), keys)
+    assert per_key.noise.tail(per_key.threshold) <= 1e-4 < per_key.noise.tail(per_key.threshold - 1)
+
+
+def test_threshold_keys_keep_a_per_key_rate() -> None:
+    from privmob.config import PrivacyConfig
+    from privmob.privacy.mechanism import Sensitivity
+    from privmob.privacy.tablespec import spec
+
+    s = spec("occupancy", PrivacyConfig(mechanism="laplace", min_count=1), Sensitivity(1, 24),
+             ThresholdKeys(("cell", "window")))
+    assert s.threshold >= s.noise.spurious_threshold(PrivacyConfig.DEFAULT_SPURIOUS_RATE)

@@ -159,12 +159,16 @@ def selection_delta(privacy: PrivacyConfig, public: bool) -> float:
 def spec(name: str, privacy: PrivacyConfig, sensitivity: Sensitivity,
          keys: PublicKeys | ThresholdKeys) -> TableSpec:
     """Calibrate one table: noise for ``privacy``'s share, the threshold that keeps spurious
-    keys rarer than ``max_spurious_rate`` (≥ ``min_count``; with threshold keys, also as
-    high as OpenDP needs for the selection δ), and the cost."""
+    keys rare (≥ ``min_count``; public keys: ≤ ``max_spurious_cells`` expected in the
+    table, unless the job sets a per-key ``max_spurious_rate``; threshold keys: that rate,
+    and as high as OpenDP needs for the selection δ), and the cost."""
     public = isinstance(keys, PublicKeys)
     sel = selection_delta(privacy, public)
     noise = calibrate(privacy, sensitivity, threshold_delta=sel)
-    floor = max(privacy.min_count, noise.spurious_threshold(privacy.max_spurious_rate))
+    rate = privacy.spurious_rate
+    if isinstance(keys, PublicKeys) and privacy.max_spurious_rate is None:
+        rate = privacy.max_spurious_cells / max(keys.n_keys, 1)
+    floor = max(privacy.min_count, noise.spurious_threshold(rate))
     threshold, used = (floor, 0.0) if public else threshold_for(noise, floor, sel)
     base, selection = noise.cost, exact(sel)
     cost = PrivacyCost(base.epsilon, base.delta + selection, base.rho, selection)
@@ -245,7 +249,7 @@ def _adaptive(config: JobConfig, key_cells: npt.NDArray[np.uint64], windows: npt
     count_privacy = dataclasses.replace(p, epsilon=p.epsilon - eps_tree, rho=None)
     noise = calibrate(count_privacy, Sensitivity(a.max_pairs, 1))
     keys = AdaptiveKeys(roots, windows, key_label)
-    threshold = _leaf_threshold(noise, count_privacy, a.max_spurious_cells, roots.size * windows.size)
+    threshold = _leaf_threshold(noise, count_privacy, p.max_spurious_cells, roots.size * windows.size)
     occupancy = TableSpec("occupancy", keys, noise, threshold, 0.0, 0.0, noise.cost)
     theta = a.split_threshold or math.ceil(SPLIT_FACTOR * FANOUT * threshold)
     tree_cost = PrivacyCost(exact(eps_tree))
@@ -287,7 +291,7 @@ def _adaptive_levels(config: JobConfig, key_cells: npt.NDArray[np.uint64], windo
     out: dict[int, TableSpec] = {}
     for res in config.grid.parent_resolutions:
         keys = PublicKeys((("cell", parent_cells(key_cells, res)), ("window", windows)), key_label)
-        threshold = _leaf_threshold(noise, privacy, a.max_spurious_cells, keys.n_keys)
+        threshold = _leaf_threshold(noise, privacy, config.privacy.max_spurious_cells, keys.n_keys)
         out[res] = TableSpec(f"occupancy_res{res}", keys, noise, threshold, 0.0, 0.0, noise.cost)
     return out
 
@@ -305,5 +309,5 @@ def with_leaves(spec: TableSpec, leaves: npt.NDArray[np.uint64], config: JobConf
     assert isinstance(keys, AdaptiveKeys)
     assert config.adaptive is not None
     public = PublicKeys((("cell", np.sort(leaves).astype(np.uint64)), ("window", keys.windows)), keys.label)
-    threshold = _leaf_threshold(spec.noise, config.privacy, config.adaptive.max_spurious_cells, public.n_keys)
+    threshold = _leaf_threshold(spec.noise, config.privacy, config.privacy.max_spurious_cells, public.n_keys)
     return dataclasses.replace(spec, keys=public, threshold=threshold)
