@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 from privmob.config import AdaptiveConfig, JobConfig
 from privmob.privacy.mechanism import Sensitivity, calibrate
+from privmob.privacy.tablespec import public_threshold
 
 __all__ = ["Choice", "choose", "window_for"]
 
@@ -58,8 +59,7 @@ def max_pairs_for(n_windows: int) -> int:
 
 def _threshold(config: JobConfig, mechanism: Literal["laplace", "gaussian"], l1: int, n_keys: int) -> int:
     privacy = dataclasses.replace(config.privacy, mechanism=mechanism, rho=None)
-    noise = calibrate(privacy, Sensitivity(l1, 1))
-    return max(privacy.min_count, noise.spurious_threshold(1.0 / max(n_keys, 1)))
+    return public_threshold(calibrate(privacy, Sensitivity(l1, 1)), privacy, n_keys)
 
 
 def choose(config: JobConfig, n_roots: int) -> tuple[JobConfig, tuple[Choice, ...]]:

@@ -118,7 +118,7 @@ def _adaptive_lines(plan: Plan) -> list[str]:
     cfg, a, part = plan.config, plan.config.adaptive, plan.specs.partition
     assert a is not None
     assert part is not None
-    lam = part.noise.scale
+    tree = plan.tree_params
     roots = part.n_keys or 0
     return [
         f"  grid: adaptive H3 — {roots:,} cells at resolution {a.min_resolution} covering the "
@@ -126,7 +126,7 @@ def _adaptive_lines(plan: Plan) -> list[str]:
         f"where the noisy count of persons supports it (PrivTree, ADR 0007); {cfg.n_windows} "
         f"window(s) of {cfg.grid.window}",
         f"  partition: ε = {float(part.cost.epsilon):g} ({a.tree_share:.0%} of ε), pure and "
-        f"independent of depth; discrete Laplace scale {lam:.3g}, bias {math.ceil(lam * math.log(7))} "
+        f"independent of depth; discrete Laplace scale {tree.lam:.3g}, bias {tree.delta} "
         f"per level, split above {part.threshold} persons ({a.cells_per_person} cell(s) per "
         "person, those of most dwell)",
         f"  bounding: ≤ {a.max_pairs} (cell, window) pair(s) per person over the period, most "

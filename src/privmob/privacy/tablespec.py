@@ -156,20 +156,29 @@ def selection_delta(privacy: PrivacyConfig, public: bool) -> float:
     return privacy.delta if privacy.mechanism == "laplace" else privacy.delta / 2
 
 
+def public_threshold(noise: NoiseModel, privacy: PrivacyConfig, n_keys: int) -> int:
+    """The release threshold of ``n_keys`` public keys (ADR 0002): at least ``min_count``,
+    and the lowest that keeps the noise alone from publishing more than
+    ``max_spurious_cells`` of them in expectation — or, when the job sets
+    ``max_spurious_rate``, any one of them more often than that."""
+    rate = (privacy.max_spurious_rate if privacy.max_spurious_rate is not None
+            else privacy.max_spurious_cells / max(n_keys, 1))
+    return max(privacy.min_count, noise.spurious_threshold(rate))
+
+
 def spec(name: str, privacy: PrivacyConfig, sensitivity: Sensitivity,
          keys: PublicKeys | ThresholdKeys) -> TableSpec:
     """Calibrate one table: noise for ``privacy``'s share, the threshold that keeps spurious
-    keys rare (≥ ``min_count``; public keys: ≤ ``max_spurious_cells`` expected in the
-    table, unless the job sets a per-key ``max_spurious_rate``; threshold keys: that rate,
-    and as high as OpenDP needs for the selection δ), and the cost."""
+    keys rare (public keys: :func:`public_threshold`; threshold keys: a per-key rate, and as
+    high as OpenDP needs for the selection δ), and the cost."""
     public = isinstance(keys, PublicKeys)
     sel = selection_delta(privacy, public)
     noise = calibrate(privacy, sensitivity, threshold_delta=sel)
-    rate = privacy.spurious_rate
-    if isinstance(keys, PublicKeys) and privacy.max_spurious_rate is None:
-        rate = privacy.max_spurious_cells / max(keys.n_keys, 1)
-    floor = max(privacy.min_count, noise.spurious_threshold(rate))
-    threshold, used = (floor, 0.0) if public else threshold_for(noise, floor, sel)
+    if isinstance(keys, PublicKeys):
+        threshold, used = public_threshold(noise, privacy, keys.n_keys), 0.0
+    else:
+        floor = max(privacy.min_count, noise.spurious_threshold(privacy.spurious_rate))
+        threshold, used = threshold_for(noise, floor, sel)
     base, selection = noise.cost, exact(sel)
     cost = PrivacyCost(base.epsilon, base.delta + selection, base.rho, selection)
     return TableSpec(name, keys, noise, threshold, sel, used, cost)
@@ -204,15 +213,16 @@ def table_specs(config: JobConfig, *, key_cells: npt.NDArray[np.uint64] | None =
             return ThresholdKeys(("cell", "window"))
         return PublicKeys((("cell", cells), ("window", windows)), key_label)
 
-    occupancy = spec("occupancy", p, sens, cell_keys(key_cells))
-    level_privacy = dataclasses.replace(p, epsilon=grid.parent_epsilon, rho=None)
-    levels = {res: spec(f"occupancy_res{res}", level_privacy, sens,
-                        cell_keys(None if key_cells is None else parent_cells(key_cells, res)))
-              for res in grid.parent_resolutions}
     partition = None
     if config.adaptive is not None and key_cells is not None:
         occupancy, partition = _adaptive(config, key_cells, windows, key_label)
         levels = _adaptive_levels(config, key_cells, windows, key_label)
+    else:
+        occupancy = spec("occupancy", p, sens, cell_keys(key_cells))
+        level_privacy = dataclasses.replace(p, epsilon=grid.parent_epsilon, rho=None)
+        levels = {res: spec(f"occupancy_res{res}", level_privacy, sens,
+                            cell_keys(None if key_cells is None else parent_cells(key_cells, res)))
+                  for res in grid.parent_resolutions}
     fc, flows = config.flows, None
     if fc is not None:
         fp = dataclasses.replace(
@@ -247,11 +257,10 @@ def _adaptive(config: JobConfig, key_cells: npt.NDArray[np.uint64], windows: npt
                                        epsilon=eps_tree * (FANOUT - 1) / (2 * FANOUT - 1))
     tree_noise = calibrate(tree_privacy, Sensitivity(a.cells_per_person, 1))
     count_privacy = dataclasses.replace(p, epsilon=p.epsilon - eps_tree, rho=None)
-    noise = calibrate(count_privacy, Sensitivity(a.max_pairs, 1))
-    keys = AdaptiveKeys(roots, windows, key_label)
-    threshold = _leaf_threshold(noise, count_privacy, p.max_spurious_cells, roots.size * windows.size)
-    occupancy = TableSpec("occupancy", keys, noise, threshold, 0.0, 0.0, noise.cost)
-    theta = a.split_threshold or math.ceil(SPLIT_FACTOR * FANOUT * threshold)
+    nominal = PublicKeys((("cell", roots), ("window", windows)), key_label)
+    occupancy = dataclasses.replace(spec("occupancy", count_privacy, Sensitivity(a.max_pairs, 1), nominal),
+                                    keys=AdaptiveKeys(roots, windows, key_label))
+    theta = a.split_threshold or math.ceil(SPLIT_FACTOR * FANOUT * occupancy.threshold)
     tree_cost = PrivacyCost(exact(eps_tree))
     partition = TableSpec("partition", PublicKeys((("cell", roots),), key_label), tree_noise, theta,
                           0.0, 0.0, tree_cost)
@@ -287,19 +296,9 @@ def _adaptive_levels(config: JobConfig, key_cells: npt.NDArray[np.uint64], windo
     a, p = config.adaptive, config.privacy
     assert a is not None
     privacy = dataclasses.replace(p, epsilon=config.grid.parent_epsilon, rho=None)
-    noise = calibrate(privacy, PairSensitivity(a.max_pairs, 1))
-    out: dict[int, TableSpec] = {}
-    for res in config.grid.parent_resolutions:
-        keys = PublicKeys((("cell", parent_cells(key_cells, res)), ("window", windows)), key_label)
-        threshold = _leaf_threshold(noise, privacy, config.privacy.max_spurious_cells, keys.n_keys)
-        out[res] = TableSpec(f"occupancy_res{res}", keys, noise, threshold, 0.0, 0.0, noise.cost)
-    return out
-
-
-def _leaf_threshold(noise: NoiseModel, privacy: PrivacyConfig, max_spurious_cells: float, n_keys: int) -> int:
-    """At least ``min_count``, and high enough that noise alone is expected to publish at
-    most ``max_spurious_cells`` of ``n_keys`` empty keys (a per-release target)."""
-    return max(privacy.min_count, noise.spurious_threshold(max_spurious_cells / max(n_keys, 1)))
+    return {res: spec(f"occupancy_res{res}", privacy, PairSensitivity(a.max_pairs, 1),
+                      PublicKeys((("cell", parent_cells(key_cells, res)), ("window", windows)), key_label))
+            for res in config.grid.parent_resolutions}
 
 
 def with_leaves(spec: TableSpec, leaves: npt.NDArray[np.uint64], config: JobConfig) -> TableSpec:
@@ -309,5 +308,5 @@ def with_leaves(spec: TableSpec, leaves: npt.NDArray[np.uint64], config: JobConf
     assert isinstance(keys, AdaptiveKeys)
     assert config.adaptive is not None
     public = PublicKeys((("cell", np.sort(leaves).astype(np.uint64)), ("window", keys.windows)), keys.label)
-    threshold = _leaf_threshold(spec.noise, config.privacy, config.privacy.max_spurious_cells, public.n_keys)
-    return dataclasses.replace(spec, keys=public, threshold=threshold)
+    return dataclasses.replace(spec, keys=public, threshold=public_threshold(spec.noise, config.privacy,
+                                                                             public.n_keys))

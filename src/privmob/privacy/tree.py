@@ -35,12 +35,12 @@ from privmob.errors import ConfigError, InputError, SchemaError
 from privmob.privacy import noising
 from privmob.privacy.accountant import PrivacyCost, exact
 from privmob.privacy.mechanism import NoiseModel, Sensitivity, calibrate
-from privmob.privacy.tablespec import PublicKeys, TableSpec
+from privmob.privacy.tablespec import FANOUT, PublicKeys, TableSpec
 
 __all__ = ["H3_FANOUT", "Partition", "TreeParams", "level_spec", "partition"]
 
 #: Children of an H3 cell (aperture 7; the 12 pentagons have 6, which only helps).
-H3_FANOUT = 7
+H3_FANOUT = FANOUT
 
 
 def _is_int(x: object) -> bool:

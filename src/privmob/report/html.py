@@ -367,7 +367,7 @@ class _Page:
             )
         win = _Windows(tz=win.tz, tz_name=win.tz_name, start=win.start, seconds=win.seconds, count=n_windows)
 
-        table = _cell_columns(table)
+        table = cell_columns(table)
         resolutions = release_resolutions(view, table)
         resolution = resolutions[0] if len(resolutions) == 1 else None
         mixed = resolution is None and len(resolutions) > 1
@@ -965,7 +965,6 @@ cover the true count 95% of the time among published cells) and may reach down t
 # ── helpers ──────────────────────────────────────────────────────────────────────────
 
 
-_cell_columns = cell_columns
 
 
 def _mixed_cells(cells: Sequence[str], table: pl.DataFrame, resolutions: Sequence[int]) -> dict[str, Any]:
