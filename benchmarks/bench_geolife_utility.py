@@ -10,7 +10,9 @@ them night after night; ``--days 1`` stacks all 1,555 person-days onto one day, 
 issue 12 measured.
 
 Each day is released with the job given on the command line (default: privmob's defaults,
-only ε set, data-derived threshold keys; ``--boundary`` for public keys) and scored at the
+only ε set, data-derived threshold keys; with ``--boundary`` public keys, and plan() picks
+the window, an adaptive partition, the pair cap and the mechanism; ``--resolution`` or
+``--window`` keep a fixed grid) and scored at the
 release's *own granularity* against the unbounded truth — distinct persons per released
 key (cell at its resolution, window); with a boundary, only the boundary's cells (or the
 partition's leaves) count as keys, as only they can be released:
@@ -33,6 +35,7 @@ MRE ≤ 0.3. The truth is exact and exists here only to measure: never tune a re
 its own truth.
 
     python benchmarks/bench_geolife_utility.py                      # defaults, ε = 1, 3 days
+    python benchmarks/bench_geolife_utility.py --boundary data-samples/beijing_boundary.geojson
     python benchmarks/bench_geolife_utility.py --days 1 --resolution 6 --window 3h
 """
 

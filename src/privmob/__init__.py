@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from privmob._version import __version__
 from privmob.config import (
+    AdaptiveConfig,
     BudgetConfig,
     FlowsConfig,
     GridConfig,
@@ -71,6 +72,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "AdaptiveConfig",
     "BackendUnavailableError",
     "BoundaryError",
     "BudgetConfig",

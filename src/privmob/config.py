@@ -301,12 +301,16 @@ class AdaptiveConfig:
 class PrivacyConfig:
     """The privacy parameters. See README "Privacy model" and docs/adr/0001.
 
-    ``min_count`` is the policy floor on published counts; the release threshold is the
-    larger of it and the noise-derived threshold that keeps spurious cells (empty keys
-    released by noise alone) rare: with public keys, at most ``max_spurious_cells``
-    expected in a whole table (a per-release target: a table of 12 million keys needs a far
-    higher threshold than one of 500); with data-dependent keys, or when
-    ``max_spurious_rate`` is set, at most that rate per key (default 1e-4).
+    ``min_count`` is the policy floor on published counts, and it holds under noise: the
+    release threshold is high enough that a key whose true count is just under it
+    (``min_count - 1`` persons) is published at most ``max_below_min_rate`` of the time
+    (default 5%; 0.5 gives the bare floor), not whenever noise lifts it over ``min_count``.
+    The threshold is also at least the one that keeps spurious cells (empty keys released
+    by noise alone) rare: with public keys, at most ``max_spurious_cells`` expected in a
+    whole table (a per-release target: a table of 12 million keys needs a far higher
+    threshold than one of 500); with data-dependent keys, or when ``max_spurious_rate`` is
+    set, at most that rate per key (default 1e-4). Each rule depends on the noise and the
+    key count only, never on the data.
     """
 
     mechanism: Mechanism = "gaussian"
@@ -318,6 +322,7 @@ class PrivacyConfig:
     min_count: int = 10
     max_spurious_rate: float | None = None
     max_spurious_cells: float = 1.0
+    max_below_min_rate: float = 0.05
 
     #: The per-key rate where there is no public key set to spread a per-table target over.
     DEFAULT_SPURIOUS_RATE: ClassVar[float] = 1e-4
@@ -360,6 +365,9 @@ class PrivacyConfig:
         if not _finite_positive(self.max_spurious_cells) or self.max_spurious_cells > 1000:
             raise ConfigError("[privacy] max_spurious_cells must be a number in (0, 1000]: the "
                               "expected empty cells noise may publish in a table (e.g. 1)")
+        if not _finite_positive(self.max_below_min_rate) or self.max_below_min_rate > 0.5:
+            raise ConfigError("[privacy] max_below_min_rate must be a number in (0, 0.5]: how "
+                              "often a key just under min_count may be published (e.g. 0.05)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -760,7 +768,7 @@ def _coerce(section: str, name: str, value: Any, base_dir: Path | None) -> Any:
         return {str(k): str(v) for k, v in value.items()}
     if name in ("epsilon", "delta", "rho", "max_spurious_rate", "epsilon_per_day", "delta_per_day",
                 "rho_per_day", "stay_radius_m", "parent_epsilon", "tree_share",
-                "max_spurious_cells") and isinstance(value, int) \
+                "max_spurious_cells", "max_below_min_rate") and isinstance(value, int) \
             and not isinstance(value, bool):
         return float(value)
     if value is None and (section, name) in _OPTIONAL:
@@ -800,6 +808,7 @@ _FIELD_TYPES: dict[tuple[str, str], type] = {
     ("privacy", "min_count"): int,
     ("privacy", "max_spurious_rate"): float,
     ("privacy", "max_spurious_cells"): float,
+    ("privacy", "max_below_min_rate"): float,
     ("job", "linkage_days"): int,
     ("job", "reports"): bool,
     ("job", "allow_empty"): bool,

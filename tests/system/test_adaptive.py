@@ -75,14 +75,18 @@ def test_the_budget_is_split_once_between_partition_and_counts(sample_release: p
     assert split["occupancy"]["epsilon"] == pytest.approx(0.85)
     assert m["epsilon"] == pytest.approx(1.0)
     assert m["adaptive"]["epsilon"] == pytest.approx(0.15)
-    # the threshold is set for the drawn key set: ≤ 1 expected spurious cell among them
+    # the threshold is set for the drawn key set: ≤ 1 expected spurious cell among them,
+    # and a key of min_count - 1 persons published at most max_below_min_rate of the time
     b, n, t = m["noise_scale"], m["n_keys"], m["release_threshold"]
 
     def tail(x: int) -> float:  # P(Z ≥ x) of the discrete Laplace of scale b, x ≥ 1
         return float(np.exp(-x / b) / (1 + np.exp(-1 / b)))
 
+    below, rate = m["min_count"] - 1, m["max_below_min_rate"]
     assert n * tail(t) <= 1.0
-    assert t == m["min_count"] or n * tail(t - 1) > 1.0  # and no lower threshold would do
+    assert tail(t - below) <= rate
+    # and no lower threshold would do
+    assert t == m["min_count"] or n * tail(t - 1) > 1.0 or tail(t - 1 - below) > rate
 
 
 def test_explain_says_how_the_partition_is_drawn() -> None:

@@ -35,8 +35,9 @@ def explain(plan: Plan) -> str:
         lines.append("  chosen from public parameters (ε, period, boundary, expected persons; ADR 0008):")
         lines += [f"    {c.setting} = {c.value}: {c.reason}" for c in plan.choices]
     elif cfg.job.expected_persons is None and cfg.grid.boundary is not None and cfg.adaptive is None:
-        lines.append("  tip: declare [job] expected_persons (a public figure) and privmob picks a "
-                     "window and cell sizes this population can bear")
+        lines.append("  tip: this job shapes its grid by hand; leave resolution and window out, or "
+                     "declare [job] expected_persons (a public figure), and privmob picks a window "
+                     "and cell sizes the key group can bear (ADR 0008)")
     if cfg.adaptive is None:
         lines += [
             f"  grid: H3 resolution {cfg.grid.resolution}, {cfg.n_windows} windows of "
@@ -84,7 +85,8 @@ def explain(plan: Plan) -> str:
     spur = s["spurious_rate"]
     lines.append(
         f"  suppression: publish noisy counts ≥ {s['release_threshold']} "
-        f"(min_count {p.min_count}; noise alone passes an empty key with p = {spur:.2e}"
+        f"(min_count {p.min_count}, a key of {p.min_count - 1} published ≤ "
+        f"{p.max_below_min_rate:.0%} of the time; noise alone passes an empty key with p = {spur:.2e}"
         + (f", ≈ {s['expected_spurious_cells']:.1f} spurious cells expected)"
            if s["expected_spurious_cells"] is not None else ")")
     )

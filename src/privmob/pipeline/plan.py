@@ -32,7 +32,7 @@ from privmob.governance.signing import load_private_key
 from privmob.governance.store import WorkingStore
 from privmob.movement.flows import Units, load_units
 from privmob.pipeline import charging, run
-from privmob.pipeline.defaults import Choice, choose
+from privmob.pipeline.defaults import Choice, applies, choose
 from privmob.pipeline.explain import explain
 from privmob.pipeline.publish import check_reports, publish
 from privmob.privacy.accountant import PrivacyCost
@@ -64,7 +64,8 @@ def plan(config: JobConfig) -> Plan:
     """
     choices: tuple[Choice, ...] = ()
     g = config.grid
-    if config.job.expected_persons is not None and g.boundary is not None:
+    if applies(config):
+        assert g.boundary is not None
         coarsest = config.adaptive.min_resolution if config.adaptive else AdaptiveConfig().min_resolution
         roots = load_boundary(g.boundary, g.boundary_where, g.boundary_crs).cells(coarsest).size
         config, choices = choose(config, roots)
@@ -150,8 +151,9 @@ class Plan:
 
     @property
     def release_threshold(self) -> int:
-        """max(min_count, the noise threshold that keeps spurious cells rare) — and, with
-        data-dependent keys, at least the threshold OpenDP's δ for key selection needs."""
+        """max(min_count as it holds under noise, the noise threshold that keeps spurious
+        cells rare) — and, with data-dependent keys, at least the threshold OpenDP's δ for
+        key selection needs (``privacy.tablespec.public_threshold``)."""
         return self.specs.occupancy.threshold
 
     @property

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from privmob.movement.flows import Units
 
 __all__ = ["AdaptiveKeys", "PairSensitivity", "PublicKeys", "TableSpec", "TableSpecs", "ThresholdKeys",
-           "parent_cells", "table_specs", "with_leaves"]
+           "min_count_floor", "parent_cells", "public_threshold", "table_specs", "with_leaves"]
 
 #: H3's aperture: every cell has seven children (PrivTree's fanout β).
 FANOUT = 7
@@ -156,14 +156,23 @@ def selection_delta(privacy: PrivacyConfig, public: bool) -> float:
     return privacy.delta if privacy.mechanism == "laplace" else privacy.delta / 2
 
 
+def min_count_floor(noise: NoiseModel, privacy: PrivacyConfig) -> int:
+    """``min_count`` as it holds under noise (ADR 0002): the lowest threshold at which a key
+    with ``min_count - 1`` persons is published at most ``max_below_min_rate`` of the time.
+    Without it a floor of 10 publishes a cell of 9 whenever the noise is ≥ 1 — at a small
+    key group most published cells were such (GeoLife, ~220 persons a day: 20% of them)."""
+    below = privacy.min_count - 1 + noise.spurious_threshold(privacy.max_below_min_rate)
+    return max(privacy.min_count, below)
+
+
 def public_threshold(noise: NoiseModel, privacy: PrivacyConfig, n_keys: int) -> int:
-    """The release threshold of ``n_keys`` public keys (ADR 0002): at least ``min_count``,
-    and the lowest that keeps the noise alone from publishing more than
-    ``max_spurious_cells`` of them in expectation — or, when the job sets
+    """The release threshold of ``n_keys`` public keys (ADR 0002): at least
+    :func:`min_count_floor`, and the lowest that keeps the noise alone from publishing more
+    than ``max_spurious_cells`` of them in expectation — or, when the job sets
     ``max_spurious_rate``, any one of them more often than that."""
     rate = (privacy.max_spurious_rate if privacy.max_spurious_rate is not None
             else privacy.max_spurious_cells / max(n_keys, 1))
-    return max(privacy.min_count, noise.spurious_threshold(rate))
+    return max(min_count_floor(noise, privacy), noise.spurious_threshold(rate))
 
 
 def spec(name: str, privacy: PrivacyConfig, sensitivity: Sensitivity,
@@ -177,7 +186,7 @@ def spec(name: str, privacy: PrivacyConfig, sensitivity: Sensitivity,
     if isinstance(keys, PublicKeys):
         threshold, used = public_threshold(noise, privacy, keys.n_keys), 0.0
     else:
-        floor = max(privacy.min_count, noise.spurious_threshold(privacy.spurious_rate))
+        floor = max(min_count_floor(noise, privacy), noise.spurious_threshold(privacy.spurious_rate))
         threshold, used = threshold_for(noise, floor, sel)
     base, selection = noise.cost, exact(sel)
     cost = PrivacyCost(base.epsilon, base.delta + selection, base.rho, selection)

@@ -137,6 +137,7 @@ def build_manifest(plan: Plan, release_id: str, released: Mapping[str, NoisyTabl
         "release_threshold": spec.threshold,
         "max_spurious_rate": cfg.privacy.max_spurious_rate,
         "max_spurious_cells": cfg.privacy.max_spurious_cells,
+        "max_below_min_rate": cfg.privacy.max_below_min_rate,
         "spurious_rate": s["spurious_rate"],
         "cells_released": occ.released,
         "cells_suppressed": occ.suppressed,
