@@ -14,6 +14,7 @@ import re
 from typing import Any
 
 import h3
+import matplotlib as mpl
 import numpy as np
 import polars as pl
 import pytest
@@ -168,6 +169,24 @@ def test_colour_by_count_is_offered_and_says_big_cells_hold_more() -> None:
     assert any("persons per cell (bigger cells hold more)" in t.get_text() for t in legend.get_texts())
     with pytest.raises(InputError, match="colour"):
         report.heatmap(mixed_release(), colour="hue")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("colour", ["density", "count"])
+def test_the_legend_fits_the_page_at_a_readable_size(colour: str) -> None:
+    # the mixed legend says what the colour means, which made one row too long: the labels
+    # were shrunk to 5.7 pt and the boundary's entry still ran off the page
+    hm = report.heatmap(mixed_release(), boundary=BOUNDARY, colour=colour)  # type: ignore[arg-type]
+    fig = hm.figure
+    (legend,) = fig.legends
+    with mpl.rc_context(hm._rc):  # the report's own fonts: extents depend on them
+        renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
+        for artist in (legend, *fig.texts):
+            if artist.get_gid() == "watermark":
+                continue
+            extent = artist.get_window_extent(renderer)
+            assert extent.x0 >= 0 and extent.x1 <= fig.bbox.width, artist
+    assert min(t.get_fontsize() for t in legend.get_texts()) >= 9
+    assert any("boundary" in t.get_text() for t in legend.get_texts())
 
 
 def test_footer_and_subtitle_state_the_resolution_mix(mixed_map: report.Heatmap) -> None:

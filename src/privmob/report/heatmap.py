@@ -641,7 +641,9 @@ class _Drawing:
         top = band_h + head_h + (0.3 if self.small else 0.05)
         note = self.job.key_area is None
         legend_top = top + grid_h + 0.15
-        legend_h = 0.4 + (0.3 if note else 0.0) + _SELECTION_NOTE_H
+        # a mixed-resolution legend says what the colour means: two rows, not a tiny font
+        rows_h = 0.25 if self.job.mixed else 0.0
+        legend_h = 0.4 + rows_h + (0.3 if note else 0.0) + _SELECTION_NOTE_H
         footer_h = 1.0
         height = legend_top + legend_h + footer_h
         fig = Figure(figsize=(width, height), facecolor="white")
@@ -683,8 +685,8 @@ class _Drawing:
             label="colorbar",
         )
         self._colour_bar(fig, cax)
-        self._legend(fig, fx(_INCH_MARGIN - 0.05), fy(legend_top), note_y=fy(legend_top + 0.42))
-        self._selection_note(fig, fx(_INCH_MARGIN), fy(legend_top + 0.42 + (0.3 if note else 0.0)))
+        self._legend(fig, fx(_INCH_MARGIN - 0.05), fy(legend_top), note_y=fy(legend_top + 0.42 + rows_h))
+        self._selection_note(fig, fx(_INCH_MARGIN), fy(legend_top + 0.42 + rows_h + (0.3 if note else 0.0)))
         if self.small or note:
             self._watermark_figure(fig, fx(_INCH_MARGIN), fy(top + grid_h), fx(grid_w), grid_h / height)
         else:
@@ -861,7 +863,8 @@ class _Drawing:
         if job.boundary_geom is not None:
             handles.append(Line2D([], [], color=BOUNDARY_COLOR, linewidth=1.1,
                                   label=f"boundary ({job.boundary_name})"))
-        fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(x, y), ncols=len(handles),
+        fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(x, y),
+                   ncols=2 if job.mixed else len(handles),
                    frameon=False, fontsize=9.5, handlelength=1.6, columnspacing=1.6)
         if job.key_area is None:
             fig.text(x + 0.005, note_y, self.font.safe(
@@ -891,8 +894,9 @@ class _Drawing:
                  + half + ".")
         thr = self.job.threshold
         n_cells = self.job.key_cells or (v.key_cells if not self.job.mixed else None)
+        windows = f"{self.job.n_windows} window" + ("s" if self.job.n_windows != 1 else "")
         keys = (
-            f"public keys: {_count(n_cells)} cells × {self.job.n_windows} windows, all noised"
+            f"public keys: {_count(n_cells)} cells × {windows}, all noised"
             if self.job.public_keys
             else "keys selected by a DP threshold"
         )
@@ -902,7 +906,7 @@ class _Drawing:
             cells = f"H3 cells res {res[0]}–{res[-1]}{adaptive}: finer where more persons were"
             if self.job.public_keys:
                 keys = (f"public keys: {_count(n_cells) if n_cells is not None else 'the'} cells of a "
-                        f"public partition × {self.job.n_windows} windows, all noised")
+                        f"public partition × {windows}, all noised")
         else:
             cells = f"H3 resolution {self.job.resolution}"
         line2 = (f"Counts below the release threshold {thr if thr is not None else '?'} are withheld "
@@ -981,11 +985,15 @@ def _fit_to_width(fig: Figure) -> None:
         if extent.width > room > 0:
             text.set_fontsize(max(5.5, float(text.get_fontsize()) * room / extent.width * 0.98))
     for legend in fig.legends:
-        extent = legend.get_window_extent(renderer)
-        room = width - margin - extent.x0
-        if extent.width > room > 0:
+        # handles and spacing do not shrink with the labels: measure again until it fits
+        for _ in range(6):
+            extent = legend.get_window_extent(renderer)
+            room = width - margin - extent.x0
+            size = float(legend.get_texts()[0].get_fontsize())
+            if not extent.width > room > 0 or size <= 5.5:
+                break
             for label in legend.get_texts():
-                label.set_fontsize(max(5.5, float(label.get_fontsize()) * room / extent.width * 0.95))
+                label.set_fontsize(max(5.5, size * room / extent.width * 0.95))
 
 
 # ── geometry helpers ─────────────────────────────────────────────────────────────────

@@ -522,7 +522,7 @@ class _Page:
             part
             for part in (
                 f"period {esc(period)}" if period else "",
-                f"{self.windows.count} windows of {length}",
+                f"{self.windows.count} window{'s' if self.windows.count != 1 else ''} of {length}",
                 f"local time {esc(self.windows.tz_name)}",
                 f"H3 resolution {res}{area_text}" if res is not None else "",
                 f"release <code>{esc(view.release_id or '?')}</code>",
