@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 from privmob.config import AdaptiveConfig, GridConfig, JobConfig, PrivacyConfig
 from privmob.privacy.mechanism import Sensitivity, calibrate
-from privmob.privacy.tablespec import public_threshold
+from privmob.privacy.tablespec import counts_privacy, public_threshold
 
 __all__ = ["ASSUMED_PERSONS", "Choice", "applies", "choose", "stated", "window_for"]
 
@@ -108,10 +108,9 @@ def applies(config: JobConfig) -> bool:
 
 
 def _threshold(config: JobConfig, mechanism: Literal["laplace", "gaussian"], l1: int, n_keys: int) -> int:
-    # the counts of an adaptive release get what the partition leaves (tablespec._adaptive)
-    share = 1 - config.adaptive.tree_share if config.adaptive is not None else 1.0
-    privacy = dataclasses.replace(config.privacy, mechanism=mechanism, rho=None,
-                                  epsilon=config.privacy.epsilon * share)
+    # an adaptive release's counts get what the partition leaves
+    base = counts_privacy(config) if config.adaptive is not None else config.privacy
+    privacy = dataclasses.replace(base, mechanism=mechanism, rho=None)
     return public_threshold(calibrate(privacy, Sensitivity(l1, 1)), privacy, n_keys)
 
 

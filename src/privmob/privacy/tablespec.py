@@ -37,7 +37,8 @@ if TYPE_CHECKING:
     from privmob.movement.flows import Units
 
 __all__ = ["AdaptiveKeys", "PairSensitivity", "PublicKeys", "TableSpec", "TableSpecs", "ThresholdKeys",
-           "min_count_floor", "parent_cells", "public_threshold", "table_specs", "with_leaves"]
+           "counts_privacy", "min_count_floor", "parent_cells", "public_threshold", "table_specs",
+           "with_leaves"]
 
 #: H3's aperture: every cell has seven children (PrivTree's fanout β).
 FANOUT = 7
@@ -248,6 +249,15 @@ def table_specs(config: JobConfig, *, key_cells: npt.NDArray[np.uint64] | None =
     return TableSpecs(occupancy, levels, flows, partition)
 
 
+def counts_privacy(config: JobConfig) -> PrivacyConfig:
+    """What an adaptive release's counts spend: ``[privacy]`` less the partition's
+    ``tree_share`` of ε, pure (no ρ). plan()'s mechanism choice calibrates with it too, so
+    the threshold it compares is the one the release gets."""
+    a, p = config.adaptive, config.privacy
+    assert a is not None
+    return dataclasses.replace(p, epsilon=p.epsilon - p.epsilon * a.tree_share, rho=None)
+
+
 def _adaptive(config: JobConfig, key_cells: npt.NDArray[np.uint64], windows: npt.NDArray[np.int64],
               key_label: str) -> tuple[TableSpec, TableSpec]:
     """The adaptive occupancy table and its partition, splitting ``[privacy] epsilon``.
@@ -265,10 +275,9 @@ def _adaptive(config: JobConfig, key_cells: npt.NDArray[np.uint64], windows: npt
     tree_privacy = dataclasses.replace(p, mechanism="laplace", rho=None,
                                        epsilon=eps_tree * (FANOUT - 1) / (2 * FANOUT - 1))
     tree_noise = calibrate(tree_privacy, Sensitivity(a.cells_per_person, 1))
-    count_privacy = dataclasses.replace(p, epsilon=p.epsilon - eps_tree, rho=None)
     nominal = PublicKeys((("cell", roots), ("window", windows)), key_label)
-    occupancy = dataclasses.replace(spec("occupancy", count_privacy, Sensitivity(a.max_pairs, 1), nominal),
-                                    keys=AdaptiveKeys(roots, windows, key_label))
+    counts = spec("occupancy", counts_privacy(config), Sensitivity(a.max_pairs, 1), nominal)
+    occupancy = dataclasses.replace(counts, keys=AdaptiveKeys(roots, windows, key_label))
     theta = a.split_threshold or math.ceil(SPLIT_FACTOR * FANOUT * occupancy.threshold)
     tree_cost = PrivacyCost(exact(eps_tree))
     partition = TableSpec("partition", PublicKeys((("cell", roots),), key_label), tree_noise, theta,

@@ -894,7 +894,7 @@ class _Drawing:
                  + half + ".")
         thr = self.job.threshold
         n_cells = self.job.key_cells or (v.key_cells if not self.job.mixed else None)
-        windows = f"{self.job.n_windows} window" + ("s" if self.job.n_windows != 1 else "")
+        windows = f"{self.job.n_windows} window{'s' if self.job.n_windows != 1 else ''}"
         keys = (
             f"public keys: {_count(n_cells)} cells × {windows}, all noised"
             if self.job.public_keys
